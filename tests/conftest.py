@@ -1,0 +1,46 @@
+"""Shared fixtures: a fresh DDP port per test and the real Fashion-MNIST files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+
+@pytest.fixture(autouse=True)
+def _fresh_master_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give every test its own ``MASTER_PORT``.
+
+    ``ddp_spawn`` writes ``MASTER_PORT`` into ``os.environ`` of the launching process, so a second DDP run in the
+    same pytest process would reuse a port that may still be in TIME_WAIT. ``monkeypatch`` restores the variable.
+    """
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
+
+
+def _fashion_mnist_candidates() -> list[Path]:
+    places = []
+    if os.environ.get("LIGHTNING_TRICKS_DATA"):
+        places.append(Path(os.environ["LIGHTNING_TRICKS_DATA"]))
+    places.append(Path("/usr/share/datasets/fashion-mnist"))
+    return places
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The folder holding the real Fashion-MNIST IDX files.
+
+    Skips when they are absent on a developer's machine; under ``CI=true`` a missing dataset is a failure.
+    """
+    for place in _fashion_mnist_candidates():
+        if (place / "train-labels-idx1-ubyte.gz").exists() or (place / "train-labels-idx1-ubyte").exists():
+            return place
+    message = (
+        "Fashion-MNIST not found in "
+        + ", ".join(str(p) for p in _fashion_mnist_candidates())
+        + ". Install it with `apt-get install dataset-fashion-mnist` or set LIGHTNING_TRICKS_DATA."
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
