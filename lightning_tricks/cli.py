@@ -1,0 +1,103 @@
+"""The ``lightning-tricks`` command: Lightning's ``LightningCLI`` with this package's models, data and callbacks.
+
+Subcommands are LightningCLI's: ``fit``, ``validate``, ``test`` and ``predict``. Models and data modules are chosen
+by class name; any Lightning callback and any callback of :mod:`lightning_tricks.callbacks` can be added by class
+name on the command line or in YAML::
+
+    lightning-tricks fit --config examples/configs/mlp.yaml
+    lightning-tricks fit --model MLPClassifier --model.hidden_sizes "[512, 256]" --data FashionMNISTDataModule \\
+        --trainer.callbacks+=GradientClipping --trainer.callbacks.mode=auto --trainer.max_epochs 5
+    lightning-tricks fit --config examples/configs/resnet.yaml --trainer.devices 2 --trainer.strategy ddp
+
+What this adds to LightningCLI:
+
+- the default logger is ``TensorBoardLogger(save_dir="logs")``, and the resolved config is saved beside each run
+  (``logs/<name>/version_<n>/config.yaml``) so every TensorBoard run says how it was made;
+- ``fit --test_after_fit true`` (the default) evaluates the best checkpoint (or the final weights when there is no
+  checkpoint) on the test set after training, prints the test accuracy and the command that opens TensorBoard;
+- the package's callbacks, models and data modules are imported up front, so their short class names resolve.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_tricks import callbacks as _callbacks
+from lightning_tricks import data as _data
+from lightning_tricks import models as _models
+from lightning_tricks.models import Classifier
+
+DEFAULT_LOG_DIR = "logs"
+
+
+def _import_public_names() -> None:
+    """Import every public class so LightningCLI can resolve short class names (it looks among loaded subclasses)."""
+    for package in (_callbacks, _models, _data):
+        for name in package.__all__:
+            getattr(package, name)
+
+
+class TricksCLI(LightningCLI):
+    """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, evaluate the best checkpoint on the test set and print its accuracy (fit only).",
+        )
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].get("test_after_fit", True):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        has_best = checkpoint is not None and bool(getattr(checkpoint, "best_model_path", ""))
+        if self.trainer.interrupted:
+            rank_zero_info("Training was interrupted; skipping the test pass.")
+            return
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        if self.trainer.is_global_zero:
+            metrics = results[0] if results else {}
+            accuracy = metrics.get("test/acc")
+            log_root = self.trainer.logger.save_dir if self.trainer.logger is not None else None
+            summary = f"test accuracy: {accuracy:.4f}" if accuracy is not None else "test metrics: " + str(metrics)
+            print(summary, flush=True)
+            if log_root is not None:
+                print(f"View the runs: tensorboard --logdir {log_root}  (then open http://localhost:6006)", flush=True)
+
+
+def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
+    """Build (and by default run) the CLI; ``args`` as for LightningCLI (a list of strings or a config dict)."""
+    _import_public_names()
+    trainer_defaults: dict[str, Any] = {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": DEFAULT_LOG_DIR, "name": "default"},
+        },
+    }
+    return TricksCLI(
+        Classifier,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``lightning-tricks`` console script."""
+    cli_main(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
