@@ -1,0 +1,147 @@
+"""The ``lightning-tricks`` CLI: fit from a YAML config, TensorBoard event files with hparams, a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_tricks.cli import cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_config(tmp_path: Path, data_dir: Path) -> Path:
+    """The shipped MLP config shrunk to seconds: a small subset, one short epoch, logs under tmp_path."""
+    config = yaml.safe_load((REPO / "examples" / "configs" / "mlp.yaml").read_text())
+    config["trainer"].update(
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    config["model"]["init_args"]["hidden_sizes"] = [32]
+    config["data"]["init_args"].update(data_dir=str(data_dir), batch_size=64, train_subset=512)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _event_file(log_dir: Path) -> Path:
+    files = sorted(log_dir.rglob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file under {log_dir}"
+    return files[0]
+
+
+def test_fit_from_yaml_writes_tensorboard_scalars_hparams_and_config(tmp_path, fashion_mnist_dir, capsys):
+    config = _tiny_config(tmp_path, fashion_mnist_dir)
+    cli_main(["fit", "--config", str(config)])
+
+    run_dir = tmp_path / "logs" / "mlp" / "version_0"
+    assert (run_dir / "config.yaml").exists(), "the resolved config is saved beside the TensorBoard run"
+    assert (run_dir / "hparams.yaml").exists()
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for key in ("train/loss_step", "train/acc_step", "val/loss", "val/acc", "test/acc", "test/loss"):
+        assert key in scalars, f"{key} missing from {sorted(scalars)}"
+    # The hparams plugin writes its session summaries as tensors; their presence is what fills the HPARAMS tab.
+    hparam_tags = set(events.Tags()["tensors"]) | set(events.summary_metadata)
+    assert any("_hparams_" in tag for tag in hparam_tags), sorted(hparam_tags)
+
+    val_acc = events.Scalars("val/acc")
+    assert len(val_acc) == 2, "one validation point per epoch"
+    assert all(0.0 <= point.value <= 1.0 for point in val_acc)
+
+    printed = capsys.readouterr().out
+    assert "test accuracy:" in printed
+    assert "tensorboard --logdir" in printed
+
+
+def test_cli_adds_package_callbacks_by_class_name(tmp_path, fashion_mnist_dir):
+    config = _tiny_config(tmp_path, fashion_mnist_dir)
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.callbacks+=GradientClipping",
+            "--trainer.callbacks.mode=value",
+            "--trainer.callbacks.threshold=0.5",
+            "--trainer.callbacks+=LRDecay",
+            "--trainer.callbacks.gamma=0.5",
+        ],
+        run=False,
+    )
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert "GradientClipping" in names and "LRDecay" in names
+    clipping = next(c for c in cli.trainer.callbacks if type(c).__name__ == "GradientClipping")
+    assert clipping.mode == "value" and clipping.threshold == 0.5
+
+
+def test_cli_typo_gives_jsonargparse_error(tmp_path, fashion_mnist_dir, capsys):
+    config = _tiny_config(tmp_path, fashion_mnist_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--model.hiden_sizes", "[8]"], run=False)
+    assert exit_info.value.code != 0
+    assert "hiden_sizes" in capsys.readouterr().err
+
+
+def test_console_script_help_lists_subcommands():
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_tricks.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in result.stdout
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read().decode())
+
+
+def test_tensorboard_server_lists_the_runs_scalars(tmp_path, fashion_mnist_dir):
+    config = _tiny_config(tmp_path, fashion_mnist_dir)
+    cli_main(["fit", "--config", str(config), "--test_after_fit", "false"])
+    port = find_free_network_port()
+    tensorboard = Path(sys.executable).with_name("tensorboard")
+    server = subprocess.Popen(
+        [str(tensorboard), "--logdir", str(tmp_path / "logs"), "--host", "127.0.0.1", "--port", str(port),
+         "--load_fast", "false", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        tags: dict = {}
+        deadline = time.monotonic() + 90  # bounded: the server loads the event files in the background
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                pytest.fail(f"tensorboard exited early: {server.stderr.read().decode()[-2000:]}")
+            try:
+                tags = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+            except OSError:
+                tags = {}
+            if tags and any("val/acc" in run_tags for run_tags in tags.values()):
+                break
+            time.sleep(1)
+        assert "mlp/version_0" in tags, f"runs listed: {sorted(tags)}"
+        assert {"val/acc", "val/loss", "train/loss_step"} <= set(tags["mlp/version_0"])
+        points = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=mlp%2Fversion_0&tag=val%2Facc")
+        assert len(points) == 2 and all(0.0 <= value <= 1.0 for _, _, value in points)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
