@@ -20,10 +20,12 @@ What this adds to LightningCLI:
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -42,6 +44,41 @@ def _import_public_names() -> None:
             getattr(package, name)
 
 
+def check_writable_dirs(trainer: Trainer) -> None:
+    """Fail at start, not after an hour of training, when a log or checkpoint folder cannot be written.
+
+    Checks the Trainer's ``default_root_dir``, each logger's ``save_dir`` and each ``ModelCheckpoint``'s ``dirpath``
+    (local paths only) by creating the folder and a probe file in it.
+
+    Raises:
+        OSError: naming the folder, what it is for, the option that sets it, and the underlying error.
+    """
+    places: list[tuple[str, str, str]] = [
+        ("the Trainer's root", str(trainer.default_root_dir), "--trainer.default_root_dir")
+    ]
+    for logger in trainer.loggers:
+        if logger.save_dir is not None:
+            places.append(
+                (f"the {type(logger).__name__} log", str(logger.save_dir), "--trainer.logger.init_args.save_dir")
+            )
+    for callback in trainer.checkpoint_callbacks:
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath is not None:
+            places.append(("the checkpoint", str(dirpath), "ModelCheckpoint's dirpath"))
+    for purpose, path, option in places:
+        if "://" in path and not path.startswith("file://"):
+            continue  # remote filesystems are checked by their own clients
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+                pass
+        except OSError as err:
+            raise OSError(
+                f"Cannot write to {purpose} directory {path!r} ({err.strerror or err}). "
+                f"Point {option} at a writable folder, or fix the folder's permissions."
+            ) from err
+
+
 class TricksCLI(LightningCLI):
     """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
 
@@ -52,6 +89,9 @@ class TricksCLI(LightningCLI):
             default=True,
             help="After fit, evaluate the best checkpoint on the test set and print its accuracy (fit only).",
         )
+
+    def before_fit(self) -> None:
+        check_writable_dirs(self.trainer)
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True):

@@ -120,8 +120,19 @@ def test_tensorboard_server_lists_the_runs_scalars(tmp_path, fashion_mnist_dir):
     port = find_free_network_port()
     tensorboard = Path(sys.executable).with_name("tensorboard")
     server = subprocess.Popen(
-        [str(tensorboard), "--logdir", str(tmp_path / "logs"), "--host", "127.0.0.1", "--port", str(port),
-         "--load_fast", "false", "--reload_interval", "1"],
+        [
+            str(tensorboard),
+            "--logdir",
+            str(tmp_path / "logs"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+            "--reload_interval",
+            "1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
