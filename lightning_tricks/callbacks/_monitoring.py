@@ -1,0 +1,226 @@
+"""Shared machinery for the monitoring callbacks (private; the API below is kept stable).
+
+The rule every monitoring callback follows: statistics are computed and accumulated as *device* tensors, and copied
+to the host **once per logging interval** with a single transfer (:func:`to_host`, :meth:`DeviceAccumulator.flush`).
+Steps that do not log never synchronize the host with the device.
+
+Helpers:
+
+- :func:`resolve_every_n_steps`, :func:`logging_step`, :func:`is_logging_step`: the logging interval and the x-axis
+  step, identical to the ones Lightning uses for ``self.log`` (``fit_loop.epoch_loop._batches_that_stepped``, as
+  Lightning's own ``LearningRateMonitor`` does).
+- :func:`to_host`, :func:`to_host_dict`: one stacked device-to-host copy for many tensors.
+- :class:`DeviceAccumulator`: running sum / mean / max / min / last of device scalars across an interval.
+- :func:`log_metrics`: rank-zero logging of host floats to every logger of the trainer.
+- :func:`tensorboard_writers`, :func:`add_histograms`, :func:`add_custom_scalars`: TensorBoard-only extras that
+  other loggers skip cleanly.
+- :func:`layer_name`, :func:`named_optimizer_params`, :func:`validate_every_n`: naming and option checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+Reduction = Literal["sum", "mean", "max", "min", "last"]
+_REDUCTIONS = ("sum", "mean", "max", "min", "last")
+
+
+def validate_every_n(name: str, value: int | None, allow_none: bool = True) -> None:
+    """Raise ``ValueError`` unless ``value`` is a positive int (or ``None`` when ``allow_none``)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"Expected argument `{name}` to be {allowed}, but got {value!r}.")
+
+
+def resolve_every_n_steps(trainer: pl.Trainer, value: int | None) -> int:
+    """``value``, or the trainer's ``log_every_n_steps`` when ``None`` (``0`` there means: never log)."""
+    return int(trainer.log_every_n_steps) if value is None else int(value)
+
+
+def logging_step(trainer: pl.Trainer) -> int:
+    """The step index Lightning's logger connector uses for the current training batch (same x-axis as ``self.log``).
+
+    Valid from ``on_train_batch_start`` to ``on_train_batch_end``: Lightning increments the counter afterwards.
+    """
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
+def is_logging_step(trainer: pl.Trainer, every_n_steps: int) -> bool:
+    """Whether the current training batch is a logging step for an interval of ``every_n_steps`` (``0``: never).
+
+    Same rule as Lightning's ``LoggerConnector.should_update_logs``: ``(step + 1) % every_n_steps == 0``.
+    """
+    if every_n_steps <= 0:
+        return False
+    return (logging_step(trainer) + 1) % every_n_steps == 0
+
+
+def to_host(tensors: Sequence[Tensor]) -> list[float]:
+    """Copy many tensors to the host with ONE transfer: flatten, concatenate on the device, then ``tolist()``.
+
+    This is a deliberate host-device synchronization; call it only on logging steps.
+    """
+    if len(tensors) == 0:
+        return []
+    device = tensors[0].device
+    flat = torch.cat([t.detach().reshape(-1).to(device=device, dtype=torch.float32) for t in tensors])
+    return flat.tolist()  # the one host-device sync of the logging interval
+
+
+def to_host_dict(tensors: Mapping[str, Tensor]) -> dict[str, float]:
+    """:func:`to_host` for named scalars: ``{name: 0-dim tensor}`` -> ``{name: float}`` with one transfer."""
+    names = list(tensors)
+    return dict(zip(names, to_host([tensors[n] for n in names]), strict=True))
+
+
+class DeviceAccumulator:
+    """Running reductions of device scalars over a logging interval, read with one host transfer.
+
+    ``update`` never synchronizes: it only launches device ops. ``flush`` copies every value at once and resets.
+
+    Example::
+
+        acc = DeviceAccumulator()
+        acc.update("act/mean", x.mean(), "mean")
+        acc.update("act/max", x.abs().amax(), "max")
+        metrics = acc.flush()  # {"act/mean": ..., "act/max": ...}, one sync
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, Tensor] = {}
+        self._counts: dict[str, int] = {}
+        self._reductions: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def update(self, name: str, value: Tensor, reduce: Reduction = "mean") -> None:
+        """Fold a device scalar into the running ``reduce`` of ``name`` (no host sync)."""
+        if reduce not in _REDUCTIONS:
+            raise ValueError(f"Expected argument `reduce` to be one of {_REDUCTIONS}, but got {reduce!r}.")
+        value = value.detach().reshape(()).to(torch.float32)
+        old = self._values.get(name)
+        if old is None or reduce == "last":
+            new = value.clone()
+        elif reduce in ("sum", "mean"):
+            new = old + value
+        elif reduce == "max":
+            new = torch.maximum(old, value)
+        else:
+            new = torch.minimum(old, value)
+        self._values[name] = new
+        self._counts[name] = self._counts.get(name, 0) + 1
+        self._reductions[name] = reduce
+
+    def flush(self) -> dict[str, float]:
+        """Return ``{name: float}`` with ONE host transfer (a deliberate sync) and reset the accumulator."""
+        names = list(self._values)
+        values = to_host([self._values[n] for n in names])
+        out = {}
+        for name, value in zip(names, values, strict=True):
+            out[name] = value / self._counts[name] if self._reductions[name] == "mean" else value
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        """Drop all values."""
+        self._values.clear()
+        self._counts.clear()
+        self._reductions.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-value state (the values are copied to the host: call it when checkpointing, not per step)."""
+        return {
+            "values": {k: v.detach().cpu() for k, v in self._values.items()},
+            "counts": dict(self._counts),
+            "reductions": dict(self._reductions),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
+        """Restore :meth:`state_dict`; values go to ``device`` (default: CPU until the next ``update``)."""
+        self._values = {k: torch.as_tensor(v).to(device or "cpu") for k, v in state.get("values", {}).items()}
+        self._counts = dict(state.get("counts", {}))
+        self._reductions = dict(state.get("reductions", {}))
+
+    def to(self, device: torch.device) -> DeviceAccumulator:
+        """Move the accumulated values to ``device`` (after a checkpoint restore)."""
+        self._values = {k: v.to(device) for k, v in self._values.items()}
+        return self
+
+
+def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Send host floats to every logger of the trainer from global rank zero (default step: :func:`logging_step`)."""
+    if not metrics or not trainer.is_global_zero:
+        return
+    step = logging_step(trainer) if step is None else step
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(metrics), step=step)
+
+
+def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
+    """The ``SummaryWriter`` of every ``TensorBoardLogger`` of the trainer, on global rank zero; ``[]`` otherwise."""
+    if not trainer.is_global_zero:
+        return []
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def add_histograms(trainer: pl.Trainer, tensors: Mapping[str, Tensor], step: int | None = None) -> bool:
+    """Write ``{tag: tensor}`` as TensorBoard histograms; returns ``False`` (and does nothing) without TensorBoard.
+
+    Each histogram copies its tensor to the host: call it only on the (rare) histogram steps.
+    """
+    writers = tensorboard_writers(trainer)
+    step = logging_step(trainer) if step is None else step
+    for writer in writers:
+        for tag, tensor in tensors.items():
+            writer.add_histogram(tag, tensor.detach().float().cpu(), global_step=step)  # deliberate host copy
+    return bool(writers)
+
+
+def add_custom_scalars(trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]]) -> bool:
+    """Add a TensorBoard custom-scalars layout: one ``Multiline`` chart per entry, e.g.
+    ``{"gradient norm per layer": ["grad_norm/.*"]}`` shows every matching tag on one chart.
+
+    Returns ``False`` (and does nothing) when no ``TensorBoardLogger`` is attached.
+    """
+    writers = tensorboard_writers(trainer)
+    layout = {category: {title: ["Multiline", list(regexes)] for title, regexes in charts.items()}}
+    for writer in writers:
+        writer.add_custom_scalars(layout)
+    return bool(writers)
+
+
+def layer_name(param_name: str) -> str:
+    """The module that owns a parameter: ``"net.0.weight"`` -> ``"net.0"``; a root-level parameter -> ``"<root>"``."""
+    head, _, _ = param_name.rpartition(".")
+    return head or "<root>"
+
+
+def named_optimizer_params(
+    pl_module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, param)`` for the trainable parameters of ``pl_module`` that ``optimizer`` updates (all if ``None``).
+
+    Names are those of ``pl_module.named_parameters()`` (no DDP ``module.`` prefix); order follows the module.
+    """
+    named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+    if optimizer is None:
+        return named
+    in_opt = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [(n, p) for n, p in named if id(p) in in_opt]
+
+
+def group_indices(names: Iterable[str]) -> dict[str, list[int]]:
+    """``{layer: [indices of its parameters]}`` for parameter names, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(layer_name(name), []).append(i)
+    return groups
