@@ -1,0 +1,206 @@
+"""Weight norms, gradient norms (before clipping) and update-to-weight ratios, logged without per-step host syncs.
+
+Vanishing and exploding gradients are the classic worry of deep networks (Hochreiter 1991; Bengio, Simard & Frasconi
+1994, "Learning long-term dependencies with gradient descent is difficult"; Glorot & Bengio 2010, "Understanding the
+difficulty of training deep feedforward neural networks", which tracks per-layer weight-gradient norms). The
+update-to-weight ratio ``||dw|| / ||w||`` is the rule-of-thumb health check from Karpathy's CS231n notes (about
+``1e-3`` is healthy). Requested upstream as Lightning issues #20190 (weight norms) and #19743 (TensorBoard histograms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_tricks.callbacks._monitoring import (
+    add_custom_scalars,
+    add_histograms,
+    group_indices,
+    is_logging_step,
+    log_metrics,
+    named_optimizer_params,
+    resolve_every_n_steps,
+    to_host,
+    validate_every_n,
+)
+
+
+def weight_grad_norms(params: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """L2 norms of each weight and each gradient, and the total gradient norm, as float32 device tensors.
+
+    Args:
+        params: the parameters.
+        grads: their gradients, same order.
+
+    Returns:
+        ``(weight_norms[P], grad_norms[P], total_grad_norm[])``; no host sync.
+    """
+    weight_norms = torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in params])])
+    grad_norms = torch.stack([n.float() for n in torch._foreach_norm([g.detach() for g in grads])])
+    return weight_norms, grad_norms, torch.linalg.vector_norm(grad_norms)
+
+
+def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+    """``||after - before||`` per tensor and the ratio to ``||before||`` (``eps`` guards zero weights); no host sync.
+
+    Returns:
+        ``(update_norms[P], ratios[P])`` as float32 device tensors.
+    """
+    diffs = torch._foreach_sub([a.detach() for a in after], list(before))
+    update_norms = torch.stack([n.float() for n in torch._foreach_norm(diffs)])
+    weight_norms = torch.stack([n.float() for n in torch._foreach_norm(list(before))])
+    return update_norms, update_norms / weight_norms.clamp_min(eps)
+
+
+def group_norms(norms: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
+    """Combine per-tensor L2 norms into per-group L2 norms: ``sqrt(sum of squares)`` over each group's indices."""
+    index = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=norms.device)
+    order = torch.tensor([i for members in groups for i in members], device=norms.device)
+    squares = torch.zeros(len(groups), device=norms.device, dtype=norms.dtype)
+    return squares.index_add_(0, index, norms[order].square()).sqrt()
+
+
+@dataclass
+class _Pending:
+    """What a logging step recorded before the optimizer step, to finish after it."""
+
+    names: list[str]
+    params: list[Tensor]
+    snapshot: list[Tensor]
+    weight_norms: Tensor
+    grad_norms: Tensor
+    total: Tensor
+
+
+class WeightNormMonitor(Callback):
+    r"""Log weight norms, gradient norms before clipping, and update-to-weight ratios ``||dw|| / ||w||``.
+
+    Runs in ``on_before_optimizer_step`` (gradients there are unscaled under AMP, all-reduced under DDP and not yet
+    clipped) and in ``on_train_batch_end`` (after the optimizer step, for the update ratio). All maths uses
+    ``torch._foreach_norm`` on the device.
+
+    Cost: on steps that do not log, nothing at all (no kernels, no host sync). On a logging step: three
+    ``_foreach_norm`` passes, a temporary copy of the weights (one model's worth of memory until the step is done),
+    and ONE device-to-host transfer for every value. Histogram steps (the first step of every
+    ``histogram_every_n_epochs``-th epoch) copy each weight and gradient to the host.
+
+    Logged keys (rank zero, to every logger, at Lightning's step index):
+
+    - ``weight_norm/<param>``: L2 norm of the parameter before the step;
+    - ``grad_norm/<param>``: L2 norm of its gradient before clipping; ``grad_norm/total``: of all gradients together;
+    - ``update_ratio/<param>``: ``||w_after - w_before|| / ||w_before||`` of that step;
+    - with ``per_layer=True`` also ``weight_norm/<layer>``, ``grad_norm/<layer>``, ``update_ratio/<layer>`` for each
+      module owning parameters (``<root>`` for parameters registered on the LightningModule itself);
+    - TensorBoard only: histograms ``weight_hist/<param>`` and ``grad_hist/<param>``, and a custom-scalars layout
+      (tab "Custom Scalars") with one multi-line chart each for ``grad_norm/.*``, ``weight_norm/.*`` and
+      ``update_ratio/.*``, so every layer's gradient norm is on one chart. Other loggers skip these cleanly.
+
+    Args:
+        log_every_n_steps: log every N optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
+        per_layer: also log norms aggregated per module.
+        histogram_every_n_epochs: write weight / gradient histograms every N epochs (TensorBoard only);
+            ``None`` disables them.
+
+    Raises:
+        ValueError: if ``log_every_n_steps`` or ``histogram_every_n_epochs`` is not a positive int or ``None``.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_tricks.callbacks import WeightNormMonitor
+
+        trainer = Trainer(callbacks=[WeightNormMonitor(log_every_n_steps=50, per_layer=True)])
+    """
+
+    def __init__(
+        self,
+        log_every_n_steps: int | None = None,
+        per_layer: bool = False,
+        histogram_every_n_epochs: int | None = 1,
+    ) -> None:
+        validate_every_n("log_every_n_steps", log_every_n_steps)
+        validate_every_n("histogram_every_n_epochs", histogram_every_n_epochs)
+        if not isinstance(per_layer, bool):
+            raise ValueError(f"Expected argument `per_layer` to be a bool (True or False), but got {per_layer!r}.")
+        self.log_every_n_steps = log_every_n_steps
+        self.per_layer = per_layer
+        self.histogram_every_n_epochs = histogram_every_n_epochs
+        self._every_n = 0
+        self._histogram_epoch = -1
+        self._pending: list[_Pending] = []
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
+        if stage == "fit" and not trainer.loggers:
+            rank_zero_warn("`WeightNormMonitor` has no logger to write to: pass `Trainer(logger=...)`.")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        charts = {"gradient norm (before clipping)": ["grad_norm/.*"], "weight norm": ["weight_norm/.*"]}
+        charts["update / weight ratio"] = ["update_ratio/.*"]
+        add_custom_scalars(trainer, "WeightNormMonitor", charts)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
+        if not named:
+            return
+        epoch = trainer.current_epoch
+        every_epochs = self.histogram_every_n_epochs
+        if every_epochs is not None and epoch % every_epochs == 0 and self._histogram_epoch != epoch:
+            self._histogram_epoch = epoch
+            tensors = {f"weight_hist/{n}": p for n, p in named}
+            tensors.update({f"grad_hist/{n}": p.grad for n, p in named if p.grad is not None})
+            add_histograms(trainer, tensors)
+        if not is_logging_step(trainer, self._every_n):
+            return  # not a logging step: no kernels, no sync
+        names, params = [n for n, _ in named], [p for _, p in named]
+        weight_norms, grad_norms, total = weight_grad_norms(params, [p.grad for p in params])
+        with torch.no_grad():
+            snapshot = torch._foreach_mul([p.detach() for p in params], 1.0)  # copy of the weights before the step
+        self._pending.append(_Pending(names, params, snapshot, weight_norms, grad_norms, total))
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._pending:
+            return
+        keys: list[str] = []
+        tensors: list[Tensor] = []
+        for rec in self._pending:
+            update_norms, ratios = update_ratios(rec.snapshot, rec.params)
+            keys += [f"weight_norm/{n}" for n in rec.names] + [f"grad_norm/{n}" for n in rec.names]
+            keys += [f"update_ratio/{n}" for n in rec.names] + ["grad_norm/total"]
+            tensors += [rec.weight_norms, rec.grad_norms, ratios, rec.total]
+            if self.per_layer:
+                groups = group_indices(rec.names)
+                members = list(groups.values())
+                layer_weight = group_norms(rec.weight_norms, members)
+                layer_update = group_norms(update_norms, members)
+                keys += [f"weight_norm/{layer}" for layer in groups] + [f"grad_norm/{layer}" for layer in groups]
+                keys += [f"update_ratio/{layer}" for layer in groups]
+                tensors += [layer_weight, group_norms(rec.grad_norms, members)]
+                tensors.append(layer_update / layer_weight.clamp_min(1e-12))
+        self._pending.clear()
+        values = to_host(tensors)  # the one host-device sync of this logging interval
+        log_metrics(trainer, dict(zip(keys, values, strict=True)))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"histogram_epoch": self._histogram_epoch}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._histogram_epoch = int(state_dict.get("histogram_epoch", -1))
