@@ -1,0 +1,169 @@
+"""Early stopping with best-weight restoration and a warm-up period.
+
+Stop training when a validation metric stops improving (Prechelt 1998, "Early stopping - but when?"), optionally put
+back the weights of the best check (Keras' ``restore_best_weights``), and ignore the first epochs (Keras'
+``start_from_epoch``, Lightning issue #16881). Built on Lightning's
+:class:`~lightning.pytorch.callbacks.EarlyStopping`, whose options, checks and DDP reduction are kept unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor, nn
+from typing_extensions import override
+
+
+def cpu_state_copy(module: nn.Module) -> dict[str, Tensor]:
+    """A copy of ``module.state_dict()`` (parameters and buffers) in host memory, detached from the module."""
+    # Copying device tensors to the host waits for the device: a deliberate sync, done only when the metric improves.
+    return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
+
+
+def is_improvement(current: Tensor, best: Tensor, min_delta: float, mode: Literal["min", "max"]) -> bool:
+    """Whether ``current`` beats ``best`` by more than ``min_delta`` (the rule of Lightning's ``EarlyStopping``).
+
+    Non-finite values never improve.
+    """
+    best = best.to(current.device)
+    better = current < best - min_delta if mode == "min" else current > best + min_delta
+    # One host sync per validation check (Lightning's own check does the same).
+    return bool(torch.isfinite(current) & better)
+
+
+class EarlyStopping(_LightningEarlyStopping):
+    r"""Lightning's ``EarlyStopping`` plus ``restore_best_weights`` and ``start_from_epoch``.
+
+    The check runs where Lightning's runs: ``on_train_epoch_end`` when validation runs every epoch, otherwise
+    ``on_validation_end`` (see ``check_on_train_epoch_end``). Patience counts checks, not epochs. Under DDP the stop
+    decision is reduced over ranks (any rank stopping stops all) as in Lightning.
+
+    ``start_from_epoch``: checks in epochs ``< start_from_epoch`` are skipped entirely: no best score is recorded,
+    the patience counter does not run, neither thresholds nor non-finite values stop training, and no weights are
+    kept. Useful when the metric is noisy or poor while the learning rate warms up.
+
+    ``restore_best_weights``: when a check improves the best score (same rule as the stop decision, ``min_delta``
+    included; a check that reaches ``stopping_threshold`` counts if it beats the best), a copy of the module's
+    ``state_dict`` is kept in host memory (never on the accelerator). When training ends, for any reason (this
+    callback, ``max_epochs`` / ``max_steps``, another callback setting ``trainer.should_stop``), the best copy is
+    loaded back into the module in ``on_train_end``, so the returned module always holds the best checked weights
+    (unlike Keras, which restores only when it stops training itself). Training that ends by an exception does not
+    restore. The copy is part of this callback's state in checkpoints, so a resumed run still restores the true
+    best. Under DDP the decision to keep a copy is broadcast from rank 0 and every rank keeps its own copy of the
+    (synchronized, hence identical) weights: restoring then needs no communication, at the price of one host copy
+    per rank. Note: the copy is taken from the module's own weights at the check; with :class:`EMA` the metric is
+    measured on the averaged weights but the raw weights are kept.
+
+    Stopping on overfitting (validation loss rising while training loss still falls): monitor the validation loss
+    with ``mode="min"`` (it stops improving once the model overfits; ``restore_best_weights=True`` gives back the
+    weights from before), or log a generalization gap such as ``val/loss - train/loss`` and stop with
+    ``divergence_threshold`` on it.
+
+    Cost: one host sync per check; with ``restore_best_weights``, one device-to-host copy of the weights per
+    improvement, one model-sized copy in host memory and in each checkpoint. Logs nothing (Lightning's messages
+    with ``verbose=True``, plus one info line when the best weights are restored).
+
+    Args:
+        monitor: The metric to monitor, as logged (e.g. ``"val/loss"``).
+        min_delta: The smallest change that counts as an improvement (``>= 0``).
+        patience: Number of checks without improvement after which training stops (``>= 0``).
+        verbose: Print a message on improvements and when stopping.
+        mode: ``"min"`` or ``"max"``: whether lower or higher is better.
+        strict: Raise if ``monitor`` is not among the logged metrics.
+        check_finite: Stop when the metric becomes NaN or infinite.
+        stopping_threshold: Stop once the metric is better than this.
+        divergence_threshold: Stop once the metric is worse than this.
+        check_on_train_epoch_end: Check at the end of the training epoch (``None``: Lightning's choice).
+        log_rank_zero_only: Print messages from rank zero only.
+        restore_best_weights: Keep a host copy of the best weights and load it when training ends.
+        start_from_epoch: First epoch whose checks count (``>= 0``).
+
+    Raises:
+        ValueError: If ``mode`` is not ``"min"``/``"max"``, or ``min_delta``, ``patience`` or ``start_from_epoch``
+            is negative.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_tricks.callbacks import EarlyStopping
+
+        stop = EarlyStopping("val/loss", patience=5, restore_best_weights=True, start_from_epoch=3)
+        trainer = Trainer(max_epochs=100, callbacks=[stop])
+        trainer.fit(model)  # model now holds the weights of the best validation check
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        min_delta: float = 0.0,
+        patience: int = 3,
+        verbose: bool = False,
+        mode: Literal["min", "max"] = "min",
+        strict: bool = True,
+        check_finite: bool = True,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_on_train_epoch_end: bool | None = None,
+        log_rank_zero_only: bool = False,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"Expected argument `mode` to be one of 'min', 'max', but got {mode!r}.")
+        for name, value in (("min_delta", min_delta), ("patience", patience), ("start_from_epoch", start_from_epoch)):
+            if value < 0:
+                raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}.")
+        super().__init__(
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience,
+            verbose=verbose,
+            mode=mode,
+            strict=strict,
+            check_finite=check_finite,
+            stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold,
+            check_on_train_epoch_end=check_on_train_epoch_end,
+            log_rank_zero_only=log_rank_zero_only,
+        )
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.best_weights: dict[str, Tensor] | None = None
+        self.best_epoch: int | None = None
+
+    @override
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        if trainer.current_epoch < self.start_from_epoch:  # same epoch on every rank: same decision
+            return
+        improved = False
+        current = trainer.callback_metrics.get(self.monitor)
+        if self.restore_best_weights and current is not None and not trainer.fast_dev_run:
+            # Lightning's min_delta is stored signed (negative in "min" mode); the rule wants its magnitude.
+            improved = is_improvement(current.squeeze(), self.best_score, abs(self.min_delta), self.mode)
+        super()._run_early_stopping_check(trainer)
+        if not self.restore_best_weights:
+            return
+        # Metrics logged without sync_dist can differ per rank: rank 0 decides for all, so the copies stay identical.
+        if trainer.strategy.broadcast(improved, src=0):
+            self.best_weights = cpu_state_copy(trainer.lightning_module)
+            self.best_epoch = trainer.current_epoch
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            pl_module.load_state_dict(self.best_weights)
+            rank_zero_info(f"EarlyStopping: restored the weights of epoch {self.best_epoch} (best `{self.monitor}`).")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_weights": self.best_weights, "best_epoch": self.best_epoch}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_weights = state_dict.get("best_weights")
+        self.best_epoch = state_dict.get("best_epoch")
