@@ -1,0 +1,269 @@
+"""Tests for ActivationStats: maths, hooks only on logging steps, depth/init behaviour, resume, DDP, bf16, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_tricks.callbacks import ActivationStats
+from lightning_tricks.callbacks import activation_stats as module_under_test
+from lightning_tricks.callbacks.activation_stats import _merge, _moments, activation_statistics
+
+
+class TinyNet(pl.LightningModule):
+    """Linear → ReLU → Linear → Tanh → Linear → Sigmoid on a fixed, non-shuffled dataset."""
+
+    def __init__(self, n: int = 32, batch_size: int = 4, lr: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1), nn.Sigmoid()
+        )  # fmt: skip
+        gen = torch.Generator().manual_seed(0)
+        self.data = TensorDataset(torch.randn(n, 8, generator=gen), torch.rand(n, 1, generator=gen))
+        self.batch_size, self.lr = batch_size, lr
+        self.hooks_seen: list[int] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.hooks_seen.append(sum(len(m._forward_hooks) for m in self.net))
+        x, y = batch
+        return nn.functional.binary_cross_entropy(self.net(x).float(), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=False)
+
+
+def _trainer(tmp_path: Path, **kwargs: object) -> pl.Trainer:
+    defaults: dict = dict(
+        default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def test_statistics_on_hand_computed_tensors() -> None:
+    relu_out = torch.tensor([[0.0, 0.0, 2.0], [0.0, 3.0, 1.0]])
+    mean, std, dead, sat = activation_statistics(relu_out, "rectifier").tolist()
+    assert mean == pytest.approx(1.0)
+    assert std == pytest.approx(math.sqrt((1 + 1 + 1 + 1 + 4 + 0) / 5))  # deviations -1,-1,1,-1,2,0; Bessel
+    assert dead == pytest.approx(0.5)  # three exact zeros out of six
+    assert math.isnan(sat)
+
+    tanh_out = torch.tensor([0.0, 0.995, -0.999, 0.5])
+    assert activation_statistics(tanh_out, "tanh", 0.99)[3].item() == pytest.approx(0.5)
+    sigmoid_out = torch.tensor([0.005, 0.5, 0.995, 0.999, 0.2])
+    assert activation_statistics(sigmoid_out, "sigmoid", 0.99)[3].item() == pytest.approx(0.6)
+    assert activation_statistics(sigmoid_out, "sigmoid", 0.9)[3].item() == pytest.approx(0.6)
+    assert math.isnan(activation_statistics(sigmoid_out, "other")[2].item())
+
+    # Merging the moments of two calls equals the moments of the concatenation.
+    a, b = torch.randn(7) * 3 + 1, torch.relu(torch.randn(13))
+    merged = _merge(_moments(a, "rectifier", 0.99), 7, _moments(b, "rectifier", 0.99), 13)
+    torch.testing.assert_close(merged, _moments(torch.cat([a, b]), "rectifier", 0.99), equal_nan=True)
+
+
+def test_hooks_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real_moments = module_under_test._moments
+
+    def counting_moments(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return real_moments(*args, **kwargs)
+
+    monkeypatch.setattr(module_under_test, "_moments", counting_moments)
+    model, cb = TinyNet(), ActivationStats(log_every_n_steps=3)
+    _trainer(tmp_path, limit_train_batches=7, callbacks=[cb]).fit(model)
+    # Logging steps are batches 3 and 6 (1-based): hooks exist only there, one per watched module (6 modules).
+    assert model.hooks_seen == [0, 0, 6, 0, 0, 6, 0]
+    assert len(calls) == 2 * 6
+    assert all(len(m._forward_hooks) == 0 for m in model.net)
+    assert set(cb.last_stats) >= {
+        "activation/net.0/mean",
+        "activation/net.1/dead_fraction",
+        "activation/net.3/saturation",
+    }
+
+
+def test_accumulation_merges_micro_batches(tmp_path: Path) -> None:
+    model, cb = TinyNet(lr=0.0), ActivationStats(log_every_n_steps=1, layer_types=["Linear"], include=["net.0"])
+    _trainer(tmp_path, limit_train_batches=2, accumulate_grad_batches=2, callbacks=[cb]).fit(model)
+    assert model.hooks_seen == [1, 1]  # the hooks stay on for both micro-batches of the step
+    x = model.data.tensors[0][:8]
+    expected = activation_statistics(model.net[0](x))
+    assert cb.last_stats["activation/net.0/mean"] == pytest.approx(expected[0].item(), rel=1e-5)
+    assert cb.last_stats["activation/net.0/std"] == pytest.approx(expected[1].item(), rel=1e-5)
+    assert set(cb.last_stats) == {"activation/net.0/mean", "activation/net.0/std"}
+
+
+def _deep_mlp(init: str, depth: int = 6, width: int = 64) -> TinyNet:
+    model = TinyNet(n=64, batch_size=64, lr=0.0)
+    layers: list[nn.Module] = [nn.Linear(8, width), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers += [nn.Linear(width, 1), nn.Sigmoid()]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.zeros_(layer.bias)
+            if init == "standard_normal":
+                nn.init.normal_(layer.weight, 0.0, 1.0)
+            else:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    model.net = nn.Sequential(*layers)
+    return model
+
+
+def test_std_grows_with_depth_under_standard_normal_but_not_kaiming(tmp_path: Path) -> None:
+    ratios = {}
+    for init in ("standard_normal", "kaiming_normal"):
+        torch.manual_seed(0)
+        cb = ActivationStats(log_every_n_steps=1, layer_types=["ReLU"])
+        _trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(_deep_mlp(init))
+        stds = [cb.last_stats[f"activation/net.{i}/std"] for i in range(1, 12, 2)]
+        ratios[init] = stds[-1] / stds[0]
+    # N(0, 1) weights multiply the scale by about sqrt(fan_in / 2) = 5.7 per layer; Kaiming keeps it.
+    assert ratios["standard_normal"] > 300
+    assert 0.2 < ratios["kaiming_normal"] < 5
+
+
+def test_relu_with_large_negative_bias_is_dead(tmp_path: Path) -> None:
+    model = TinyNet(lr=0.0)
+    nn.init.constant_(model.net[0].bias, -100.0)
+    cb = ActivationStats(log_every_n_steps=1)
+    _trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(model)
+    assert cb.last_stats["activation/net.1/dead_fraction"] == 1.0
+    assert cb.last_stats["activation/net.1/mean"] == 0.0
+
+
+def test_logged_keys_csv(tmp_path: Path) -> None:
+    cb = ActivationStats(exclude=["net.4", "net.5"])
+    trainer = _trainer(tmp_path, limit_train_batches=4, log_every_n_steps=2, callbacks=[cb], logger=CSVLogger(tmp_path))
+    trainer.fit(TinyNet())
+    rows = _csv_rows(Path(trainer.logger.log_dir) / "metrics.csv")
+    keys = {k for row in rows for k, v in row.items() if v and k.startswith("activation/")}
+    assert keys == {
+        "activation/net.0/mean", "activation/net.0/std",
+        "activation/net.1/mean", "activation/net.1/std", "activation/net.1/dead_fraction",
+        "activation/net.2/mean", "activation/net.2/std",
+        "activation/net.3/mean", "activation/net.3/std", "activation/net.3/saturation",
+    }  # fmt: skip
+    assert sorted(int(r["step"]) for r in rows if r.get("activation/net.0/mean")) == [1, 3]
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    def run(root: Path, epochs: int, ckpt_path: str | None = None) -> tuple[ActivationStats, list[int]]:
+        pl.seed_everything(0)
+        cb = ActivationStats(log_every_n_steps=3)
+        ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+        logger = CSVLogger(root)
+        trainer = _trainer(root, max_epochs=epochs, limit_train_batches=4, callbacks=[cb, ckpt], logger=logger)
+        trainer.fit(TinyNet(), ckpt_path=ckpt_path)
+        rows = _csv_rows(Path(logger.log_dir) / "metrics.csv")
+        return cb, [int(r["step"]) for r in rows if r.get("activation/net.0/mean")]
+
+    full, full_steps = run(tmp_path / "full", 3)
+    run(tmp_path / "first", 1)
+    resumed, resumed_steps = run(tmp_path / "resumed", 3, str(tmp_path / "first" / "epoch=0-step=4.ckpt"))
+    assert resumed.last_stats == full.last_stats
+    assert full_steps == [2, 5, 8, 11]
+    assert resumed_steps == [5, 8, 11]
+
+
+class _RankRecorder(ActivationStats):
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        out = Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json"
+        out.write_text(json.dumps({"stats": self.last_stats, "hooks": pl_module.hooks_seen}))
+
+
+def test_ddp_two_processes(tmp_path: Path) -> None:
+    trainer = _trainer(
+        tmp_path,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        limit_train_batches=4,
+        log_every_n_steps=2,
+        callbacks=[_RankRecorder(layer_types=["Linear", "ReLU"])],
+        logger=CSVLogger(tmp_path),
+    )
+    trainer.fit(TinyNet())
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["hooks"] == [0, 4, 0, 4]  # same logging steps on both ranks, hooks only there
+        assert set(rank["stats"]) == {
+            "activation/net.0/mean", "activation/net.0/std", "activation/net.1/mean", "activation/net.1/std",
+            "activation/net.1/dead_fraction", "activation/net.2/mean", "activation/net.2/std",
+            "activation/net.4/mean", "activation/net.4/std",
+        }  # fmt: skip
+    assert ranks[0]["stats"] != ranks[1]["stats"]  # each rank saw its own shard
+    rows = _csv_rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    logged = [r for r in rows if r.get("activation/net.0/mean")]
+    assert [int(r["step"]) for r in logged] == [1, 3]
+    assert float(logged[-1]["activation/net.0/mean"]) == pytest.approx(ranks[0]["stats"]["activation/net.0/mean"])
+
+
+def test_bf16_mixed(tmp_path: Path) -> None:
+    cb = ActivationStats(log_every_n_steps=1)
+    _trainer(tmp_path, limit_train_batches=2, precision="bf16-mixed", callbacks=[cb]).fit(TinyNet())
+    assert cb.last_stats and all(math.isfinite(v) for v in cb.last_stats.values())
+    assert cb.last_stats["activation/net.0/std"] > 0
+
+
+def test_boring_model(tmp_path: Path) -> None:
+    cb = ActivationStats(log_every_n_steps=1)
+    _trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())
+    assert set(cb.last_stats) == {"activation/layer/mean", "activation/layer/std"}
+
+
+def test_no_matching_layer_warns(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="no module"):
+        _trainer(tmp_path, limit_train_batches=1, callbacks=[ActivationStats(include=["nothing*"])]).fit(TinyNet())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layer_types": ["NotAModule"]}, r"`layer_types`.*'Linear'.*NotAModule"),
+        ({"layer_types": ["functional"]}, r"`layer_types`.*'functional'"),
+        ({"log_every_n_steps": 0}, r"`log_every_n_steps`.*>= 1.*0"),
+        ({"saturation_threshold": 1.5}, r"`saturation_threshold`.*\(0.5, 1\).*1.5"),
+    ],
+)
+def test_invalid_options(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ActivationStats(**kwargs)
+
+
+def test_lightning_cli(tmp_path: Path) -> None:
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        args=[
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=ActivationStats",
+            "--trainer.callbacks.log_every_n_steps=5",
+            "--trainer.callbacks.layer_types=[Linear, Tanh]",
+            "--trainer.callbacks.exclude=[head*]",
+        ],
+    )
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ActivationStats)]
+    assert cb.log_every_n_steps == 5
+    assert cb.layer_types == (nn.Linear, nn.Tanh)
+    assert cb.exclude == ["head*"]
