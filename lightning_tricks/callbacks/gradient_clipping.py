@@ -1,0 +1,277 @@
+"""Gradient clipping: by total norm, by value, unit-wise adaptive (AGC), or with an adaptive percentile (AutoClip).
+
+Sources:
+
+- ``"norm"``: the classic rule (Pascanu et al. 2013, "On the difficulty of training recurrent neural networks"): if
+  ``‖∇L‖ ≤ θ`` keep the gradient, else rescale it to norm ``θ``.
+- ``"value"``: clamp every gradient element to ``[-θ, θ]``.
+- ``"agc"``: unit-wise adaptive gradient clipping, Brock et al. 2021, "High-Performance Large-Scale Image Recognition
+  Without Normalization" (reference code: timm ``utils/agc.py``): each output unit's gradient is rescaled so that
+  ``‖G_i‖ ≤ λ · max(‖W_i‖, eps)``.
+- ``"auto"``: AutoClip, Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for Source Separation
+  Networks": the norm threshold is the p-th percentile of the history of total gradient norms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+ClipMode = Literal["norm", "value", "agc", "auto"]
+_MODES = ("norm", "value", "agc", "auto")
+
+
+def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
+    """Rescale ``grads`` in place by ``min(max_norm / (total_norm + 1e-6), 1)``; no host sync.
+
+    Unlike :func:`torch.nn.utils.clip_grads_with_norm_`, ``max_norm`` may be a device tensor (AutoClip's threshold).
+
+    Returns:
+        A 0-dim float tensor, ``1.0`` if the gradients were scaled down, else ``0.0``.
+    """
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    if grads:
+        torch._foreach_mul_(grads, coef.to(grads[0].device))
+    return (total_norm > max_norm).float()
+
+
+def adaptive_clip_grad_(
+    parameters: Iterable[Tensor], clip_factor: float, eps: float = 1e-3, norm_type: float = 2.0
+) -> Tensor:
+    """Unit-wise adaptive gradient clipping (AGC, Brock et al. 2021), in place, without host sync.
+
+    For every unit ``i`` (a row of a weight: dim 0 of a tensor with ``ndim > 1``; the whole tensor when ``ndim <= 1``)
+    the gradient is rescaled to norm ``clip_factor · max(‖W_i‖, eps)`` when it is larger. Same maths as timm's
+    ``adaptive_clip_grad``.
+
+    Returns:
+        A 0-dim float tensor: the fraction of units whose gradient was rescaled (``0.0`` if no gradient).
+    """
+    clipped, units = [], 0
+    for p in parameters:
+        if p.grad is None:
+            continue
+        dims = tuple(range(1, p.ndim)) if p.ndim > 1 else None
+        w_norm = torch.linalg.vector_norm(p.detach(), norm_type, dim=dims, keepdim=p.ndim > 1)
+        g_norm = torch.linalg.vector_norm(p.grad.detach(), norm_type, dim=dims, keepdim=p.ndim > 1)
+        max_norm = w_norm.clamp(min=eps).mul_(clip_factor)
+        too_big = g_norm > max_norm
+        p.grad.detach().mul_(torch.where(too_big, max_norm / g_norm.clamp(min=1e-6), 1.0).to(p.grad.dtype))
+        clipped.append(too_big.sum())
+        units += too_big.numel()
+    if not clipped:
+        return torch.zeros(())
+    return torch.stack(clipped).sum().float() / units
+
+
+def autoclip_threshold(history: Tensor, percentile: float) -> Tensor:
+    """AutoClip's threshold: the ``percentile``-th percentile (linear interpolation) of the finite entries of
+    ``history`` (unused slots and non-finite norms are NaN). Returns ``inf`` (no clipping) if there is none."""
+    threshold = torch.nanquantile(history, percentile / 100.0)
+    return torch.nan_to_num(threshold, nan=math.inf)
+
+
+def _should_log(trainer: pl.Trainer) -> bool:
+    # The rule Lightning's logger connector uses to decide whether this batch's step metrics reach the loggers.
+    return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
+
+
+class GradientClipping(Callback):
+    """Clip gradients before every optimizer step: by total norm, by value, unit-wise (AGC) or adaptively (AutoClip).
+
+    Runs in ``on_before_optimizer_step``: gradients there are unscaled under AMP, already all-reduced under DDP (so
+    every rank computes the same norms and makes the same decision without communication), and are clipped before the
+    optimizer reads them. Works with manual optimization too (the hook runs inside ``optimizer.step()``). Put a
+    :class:`~lightning_tricks.callbacks.WeightDecay` in ``mode="l2"`` *before* this callback in the list so that the
+    penalty's gradient is clipped as well. Not for sharded strategies (FSDP, DeepSpeed): there each rank holds only a
+    part of the gradients; use ``Trainer(gradient_clip_val=...)`` there.
+
+    Modes (``θ`` = ``threshold``):
+
+    - ``"norm"``: if the total ``norm_type``-norm of all gradients exceeds ``θ``, rescale them to norm ``θ``
+      (``clip_grad_norm_(foreach=True)``). One fused norm plus one fused multiply per step.
+    - ``"value"``: clamp every element to ``[-θ, θ]`` (``clip_grad_value_(foreach=True)``); one extra fused max-norm
+      pass per step to count clipped steps.
+    - ``"agc"``: ``θ`` is AGC's clipping ratio ``λ`` (Brock et al. use 0.01 to 0.16): per output unit,
+      ``G_i ← G_i · λ·max(‖W_i‖, eps)/‖G_i‖`` when ``‖G_i‖`` is larger. A few small kernels per parameter tensor.
+    - ``"auto"``: AutoClip: the norm threshold is the ``percentile``-th percentile of all total gradient norms seen so
+      far (including the current one), kept in a ``history_size`` ring buffer on the device; ``threshold`` is unused.
+      Adds a ``nanquantile`` over the buffer per step. The buffer is training state, saved in the checkpoint.
+
+    Nothing is copied to the host except once per logging interval (``trainer.log_every_n_steps``).
+
+    Logged keys (at logging steps only, through ``pl_module.log``):
+
+    - ``grad_clip/total_norm``: total gradient norm before clipping (of the last optimizer step).
+    - ``grad_clip/clipped_fraction``: fraction of optimizer steps since the last log whose gradients were changed
+      (``"norm"``, ``"auto"``: total norm above the threshold; ``"value"``: any element beyond ``±θ``); for ``"agc"``
+      the mean fraction of units rescaled per step.
+    - ``grad_clip/threshold``: the threshold in use (for ``"auto"`` the current percentile).
+
+    Args:
+        mode: ``"norm"``, ``"value"``, ``"agc"`` or ``"auto"``.
+        threshold: ``θ`` for ``"norm"`` / ``"value"`` (typically 1 or 10), the ratio ``λ`` for ``"agc"`` (e.g. 0.01).
+        norm_type: the p of the p-norm (``float("inf")`` allowed) for ``"norm"``, ``"agc"``, ``"auto"`` and the
+            logged total norm.
+        percentile: ``"auto"`` only: the percentile of the norm history used as threshold, in ``(0, 100]``.
+        history_size: ``"auto"`` only: how many past total norms are kept (a ring buffer on the device).
+        agc_eps: ``"agc"`` only: the floor of the weight norm, so that zero-initialized weights can still move.
+        agc_skip_last_layer: ``"agc"`` only: leave the last ``nn.Linear`` of the module (the classifier) unclipped,
+            as Brock et al. recommend.
+
+    Raises:
+        ValueError: if an option is out of range.
+        MisconfigurationException: at ``setup`` if ``Trainer(gradient_clip_val=...)`` is also set.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_tricks.callbacks import GradientClipping
+
+        trainer = Trainer(callbacks=[GradientClipping(mode="norm", threshold=1.0)])
+        trainer = Trainer(callbacks=[GradientClipping(mode="agc", threshold=0.01)])
+        trainer = Trainer(callbacks=[GradientClipping(mode="auto", percentile=10)])
+    """
+
+    def __init__(
+        self,
+        mode: ClipMode = "norm",
+        threshold: float = 1.0,
+        norm_type: float = 2.0,
+        percentile: float = 10.0,
+        history_size: int = 10000,
+        agc_eps: float = 1e-3,
+        agc_skip_last_layer: bool = True,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
+        if not (isinstance(threshold, (int, float)) and 0 < threshold < math.inf):
+            raise ValueError(f"Expected argument `threshold` to be a finite float > 0, but got {threshold!r}.")
+        if not (isinstance(norm_type, (int, float)) and norm_type > 0):
+            raise ValueError(f"Expected argument `norm_type` to be a float > 0 (or inf), but got {norm_type!r}.")
+        if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
+            raise ValueError(
+                f"Expected argument `percentile` to be a float in the (0, 100] range, but got {percentile!r}."
+            )
+        if not (isinstance(history_size, int) and history_size >= 1):
+            raise ValueError(f"Expected argument `history_size` to be an int >= 1, but got {history_size!r}.")
+        if not (isinstance(agc_eps, (int, float)) and agc_eps > 0):
+            raise ValueError(f"Expected argument `agc_eps` to be a float > 0, but got {agc_eps!r}.")
+        self.mode = mode
+        self.threshold = float(threshold)
+        self.norm_type = float(norm_type)
+        self.percentile = float(percentile)
+        self.history_size = history_size
+        self.agc_eps = float(agc_eps)
+        self.agc_skip_last_layer = agc_skip_last_layer
+        # Training state (saved in checkpoints).
+        self._history: Tensor | None = None  # AutoClip norms, NaN = empty slot
+        self._num_steps = 0  # optimizer steps seen, the ring buffer's write position
+        self._clipped_sum: Tensor | None = None  # clipped indicator summed since the last log, on the device
+        self._steps_since_log = 0
+        self._skip: set[int] = set()
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.gradient_clip_val:
+            raise MisconfigurationException(
+                f"`GradientClipping` callback and `Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` would both"
+                " clip the gradients. Remove one of them."
+            )
+        if self.mode == "agc" and self.agc_skip_last_layer:
+            linears = [m for m in pl_module.modules() if isinstance(m, nn.Linear)]
+            self._skip = {id(p) for p in linears[-1].parameters()} if linears else set()
+            if linears and not any(id(p) not in self._skip for p in pl_module.parameters()):
+                rank_zero_warn(
+                    "GradientClipping(mode='agc', agc_skip_last_layer=True): the last nn.Linear holds every parameter"
+                    " of the module, so nothing will be clipped. Pass `agc_skip_last_layer=False`."
+                )
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        log = _should_log(trainer)
+        total_norm = torch.zeros(())
+        threshold: Tensor | float = self.threshold
+        if self.mode == "norm":
+            total_norm = torch.nn.utils.clip_grad_norm_(params, self.threshold, self.norm_type, foreach=True)
+            clipped = (total_norm > self.threshold).float()
+        elif self.mode == "auto":
+            total_norm = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
+            history = self._device_history(total_norm.device)
+            history[self._num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
+            threshold = autoclip_threshold(history, self.percentile)
+            clipped = scale_to_max_norm_(grads, threshold, total_norm)
+        else:
+            if log:  # the pre-clip norm is only needed for logging
+                total_norm = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
+            if self.mode == "value":
+                max_abs = torch.stack(torch._foreach_norm(grads, math.inf)).max()
+                torch.nn.utils.clip_grad_value_(params, self.threshold, foreach=True)
+                clipped = (max_abs > self.threshold).float()
+            else:
+                kept = [p for p in params if id(p) not in self._skip]
+                clipped = adaptive_clip_grad_(kept, self.threshold, self.agc_eps, self.norm_type).to(grads[0].device)
+        self._num_steps += 1
+        self._steps_since_log += 1
+        self._clipped_sum = clipped if self._clipped_sum is None else self._clipped_sum.to(clipped.device) + clipped
+        if log:
+            device = total_norm.device
+            values = torch.stack(
+                [
+                    total_norm.float(),
+                    self._clipped_sum.float() / self._steps_since_log,
+                    torch.as_tensor(threshold, device=device).float(),
+                ]
+            )
+            # Deliberate host sync, once per logging interval: one transfer for all logged values.
+            norm, fraction, thr = values.tolist()
+            pl_module.log_dict(
+                {"grad_clip/total_norm": norm, "grad_clip/clipped_fraction": fraction, "grad_clip/threshold": thr},
+                on_step=True,
+                on_epoch=False,
+            )
+            self._clipped_sum = None
+            self._steps_since_log = 0
+
+    def _device_history(self, device: torch.device) -> Tensor:
+        if self._history is None or self._history.numel() != self.history_size:
+            old = self._history
+            self._history = torch.full((self.history_size,), math.nan, device=device)
+            if old is not None:  # a checkpoint written with another history_size (order does not matter)
+                n = min(old.numel(), self.history_size)
+                self._history[:n] = old[:n].to(device)
+        elif self._history.device != device:
+            self._history = self._history.to(device)
+        return self._history
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": None if self._history is None else self._history.detach().cpu(),
+            "num_steps": self._num_steps,
+            "clipped_sum": None if self._clipped_sum is None else self._clipped_sum.detach().cpu(),
+            "steps_since_log": self._steps_since_log,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._history = state_dict.get("history")
+        self._num_steps = state_dict.get("num_steps", 0)
+        self._clipped_sum = state_dict.get("clipped_sum")
+        self._steps_since_log = state_dict.get("steps_since_log", 0)

@@ -1,0 +1,252 @@
+"""Tests for ``GradientClipping``: maths, Trainer behaviour, logging, resume, DDP, mixed precision, CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_tricks.callbacks import GradientClipping
+from lightning_tricks.callbacks.gradient_clipping import adaptive_clip_grad_, autoclip_threshold, scale_to_max_norm_
+
+
+class GradRecorder(BoringModel):
+    """BoringModel on a fixed dataset (no shuffle) that records the gradients the optimizer is about to use.
+
+    The module's ``on_before_optimizer_step`` runs after the callbacks', so it sees the clipped gradients.
+    """
+
+    def __init__(self, out_dir: str | None = None, lr: float = 0.1) -> None:
+        super().__init__()
+        self.out_dir = out_dir
+        self.lr = lr
+        self.post_clip: list[torch.Tensor] = []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        data = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)) * 10
+        return DataLoader(data, batch_size=8)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.post_clip.append(torch.cat([p.grad.detach().flatten().clone() for p in self.parameters()]))
+
+    def on_train_end(self) -> None:
+        if self.out_dir is not None:  # under ddp_spawn, each rank reports what it saw
+            clip = next(c for c in self.trainer.callbacks if isinstance(c, GradientClipping))
+            torch.save(
+                {"weights": self.layer.weight.detach().clone(), "history": clip.state_dict()["history"]},
+                Path(self.out_dir) / f"rank{self.global_rank}.pt",
+            )
+
+
+def _trainer(tmp_path: Path, callback: GradientClipping, **kwargs) -> Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        callbacks=[callback],
+    )
+    defaults.update(kwargs)
+    return Trainer(**defaults)
+
+
+def test_maths_on_hand_computed_tensors() -> None:
+    grads = [torch.tensor([3.0]), torch.tensor([4.0])]  # total norm 5
+    clipped = scale_to_max_norm_(grads, 1.0, torch.tensor(5.0))
+    torch.testing.assert_close(torch.cat(grads), torch.tensor([0.6, 0.8]), rtol=1e-5, atol=0)
+    assert clipped.item() == 1.0
+    grads = [torch.tensor([0.3, 0.4])]
+    assert scale_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)).item() == 0.0
+    torch.testing.assert_close(grads[0], torch.tensor([0.3, 0.4]))
+
+    # AGC: row 0 has ‖W‖=5, ‖G‖=1 -> max 0.5 -> scaled by 0.5; row 1 has ‖W‖=0 -> eps floor 1e-3 * 0.1 = 1e-4
+    # -> G=(0, 2) becomes (0, 1e-4); row 2 has ‖W‖=10, ‖G‖=0.5 < 1 -> kept.
+    w = nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]]))
+    w.grad = torch.tensor([[0.6, 0.8], [0.0, 2.0], [0.3, 0.4]])
+    fraction = adaptive_clip_grad_([w], clip_factor=0.1, eps=1e-3)
+    torch.testing.assert_close(w.grad, torch.tensor([[0.3, 0.4], [0.0, 1e-4], [0.3, 0.4]]))
+    assert fraction.item() == pytest.approx(2 / 3)
+
+    history = torch.full((8,), math.nan)
+    history[:5] = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert autoclip_threshold(history, 10.0).item() == pytest.approx(np.percentile([1, 2, 3, 4, 5], 10))
+    assert autoclip_threshold(history, 50.0).item() == pytest.approx(3.0)
+    assert autoclip_threshold(torch.full((4,), math.nan), 10.0).item() == math.inf
+
+
+@pytest.mark.parametrize(
+    ("mode", "check"),
+    [
+        ("norm", lambda g: g.norm() == pytest.approx(1e-2, rel=1e-4)),
+        ("value", lambda g: g.abs().max() <= 1e-2 and (g.abs() == 1e-2).any()),
+    ],
+)
+def test_trainer_clips_gradients(tmp_path: Path, mode: str, check) -> None:
+    model = GradRecorder()
+    _trainer(tmp_path, GradientClipping(mode=mode, threshold=1e-2)).fit(model)
+    assert len(model.post_clip) == 4
+    for g in model.post_clip:
+        assert check(g), g
+
+
+class TwoLayers(GradRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 2))
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.seen.extend((p.detach().clone(), p.grad.detach().clone()) for p in self.parameters())
+
+
+def test_trainer_agc_skips_last_layer(tmp_path: Path) -> None:
+    lam = 1e-3
+    model = TwoLayers()
+    _trainer(tmp_path, GradientClipping(mode="agc", threshold=lam), max_steps=1).fit(model)
+    (w0, g0), (b0, gb0), (w1, g1), _ = model.seen
+    bound = w0.norm(dim=1).clamp(min=1e-3) * lam
+    assert (g0.norm(dim=1) <= bound * (1 + 1e-4)).all()
+    assert torch.allclose(g0.norm(dim=1), bound, rtol=1e-4)  # every row was too big, so every row is at the bound
+    assert gb0.norm() == pytest.approx(max(b0.norm().item(), 1e-3) * lam, rel=1e-4)  # a 1-D tensor is one unit
+    assert (g1.norm(dim=1) > w1.norm(dim=1) * lam * 10).all()  # the last layer is left unclipped
+
+
+def test_agc_skip_last_layer_warns_when_nothing_left(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="agc_skip_last_layer"):
+        _trainer(tmp_path, GradientClipping(mode="agc"), max_steps=1).fit(GradRecorder())
+
+
+def test_auto_mode_uses_percentile_of_history(tmp_path: Path) -> None:
+    clip = GradientClipping(mode="auto", percentile=50, history_size=3)
+    model = GradRecorder()
+    _trainer(tmp_path, clip).fit(model)
+    history = clip.state_dict()["history"]
+    assert torch.isfinite(history).all()  # 4 steps filled the 3-slot ring
+    assert clip.state_dict()["num_steps"] == 4
+    # the last step was clipped to the median of the last three pre-clip norms, or kept if below it
+    last_norm = model.post_clip[-1].norm().item()
+    assert last_norm <= history.median().item() * (1 + 1e-4)
+
+
+def test_logged_keys(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, name="csv")
+    _trainer(tmp_path, GradientClipping(threshold=1e-2), logger=logger, log_every_n_steps=2).fit(GradRecorder())
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    keys = {k for row in rows for k, v in row.items() if v}
+    assert {"grad_clip/total_norm", "grad_clip/clipped_fraction", "grad_clip/threshold"} <= keys
+    logged = [row for row in rows if row.get("grad_clip/total_norm")]
+    assert [int(row["step"]) for row in logged] == [1, 3]  # logging steps only
+    for row in logged:
+        assert float(row["grad_clip/clipped_fraction"]) == 1.0
+        assert float(row["grad_clip/threshold"]) == pytest.approx(1e-2)
+        assert float(row["grad_clip/total_norm"]) > 1e-2  # the pre-clip norm
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    def run(root: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[GradRecorder, GradientClipping]:
+        seed_everything(0)
+        model, clip = GradRecorder(), GradientClipping(mode="auto", percentile=25, history_size=5)
+        ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1)
+        _trainer(root, clip, max_epochs=max_epochs, enable_checkpointing=True, callbacks=[clip, ckpt]).fit(
+            model, ckpt_path=ckpt_path
+        )
+        return model, clip
+
+    full_model, full_clip = run(tmp_path / "full", 3)
+    run(tmp_path / "part", 1)
+    resumed_model, resumed_clip = run(tmp_path / "resumed", 3, ckpt_path=str(tmp_path / "part" / "epoch=0-step=4.ckpt"))
+    assert torch.equal(full_model.layer.weight, resumed_model.layer.weight)
+    full, resumed = full_clip.state_dict(), resumed_clip.state_dict()
+    assert full["num_steps"] == resumed["num_steps"] == 12
+    assert torch.equal(full["history"], resumed["history"])
+
+
+def test_ddp_ranks_agree(tmp_path: Path) -> None:
+    clip = GradientClipping(mode="auto", percentile=50, history_size=16)
+    trainer = _trainer(tmp_path, clip, devices=2, strategy="ddp_spawn")
+    trainer.fit(GradRecorder(out_dir=str(tmp_path)))
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(r0["weights"], r1["weights"])
+    assert torch.equal(r0["history"].isnan(), r1["history"].isnan())
+    assert torch.equal(r0["history"].nan_to_num(), r1["history"].nan_to_num())
+    assert (~r0["history"].isnan()).sum() == 4  # 4 optimizer steps on each rank
+
+
+def test_bf16_mixed(tmp_path: Path) -> None:
+    model = GradRecorder()
+    _trainer(tmp_path, GradientClipping(threshold=1e-2), precision="bf16-mixed").fit(model)
+    for g in model.post_clip:
+        assert g.dtype == torch.float32
+        assert g.norm().item() == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_16_mixed_with_scaler_clips_unscaled_gradients(tmp_path: Path) -> None:
+    """With a GradScaler (CPU scaler here; CUDA works the same), clipping sees unscaled gradients: the SGD update
+    (lr=1) then has norm exactly θ; clipping the scaled gradients would give θ / scale."""
+    model = GradRecorder(lr=1.0)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    _trainer(tmp_path, GradientClipping(threshold=1e-2), plugins=[plugin], max_steps=1).fit(model)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (before - after).norm().item() == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_conflicts_with_trainer_gradient_clip_val(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, GradientClipping(), gradient_clip_val=1.0)
+    with pytest.raises(MisconfigurationException, match="gradient_clip_val"):
+        trainer.fit(GradRecorder())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "median"}, r"`mode`.*\('norm', 'value', 'agc', 'auto'\).*'median'"),
+        ({"threshold": 0.0}, r"`threshold`.*> 0.*0.0"),
+        ({"norm_type": -1.0}, r"`norm_type`.*-1.0"),
+        ({"percentile": 150}, r"`percentile`.*\(0, 100\].*150"),
+        ({"history_size": 0}, r"`history_size`.*0"),
+        ({"agc_eps": 0}, r"`agc_eps`"),
+    ],
+)
+def test_invalid_options(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GradientClipping(**kwargs)
+
+
+def test_lightning_cli(tmp_path: Path) -> None:
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        args=[
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=GradientClipping",
+            "--trainer.callbacks.mode=auto",
+            "--trainer.callbacks.percentile=5",
+        ],
+    )
+    clip = next(c for c in cli.trainer.callbacks if isinstance(c, GradientClipping))
+    assert clip.mode == "auto"
+    assert clip.percentile == 5.0
