@@ -1,0 +1,370 @@
+"""The ``Classifier`` base LightningModule: optimizer choice, loss, accuracy, logging and hyperparameters.
+
+Subclasses only build ``self.net`` (an ``nn.Module`` mapping ``x`` to logits). Everything that makes a training run
+comparable with another one lives here: the optimizer ("optimizers" in the classic list of tricks: plain SGD,
+momentum (Polyak, 1964), Nesterov momentum (Sutskever et al., 2013), Adagrad (Duchi et al., 2011), RMSprop
+(Hinton, 2012), Adam (Kingma & Ba, 2015), AdamW (Loshchilov & Hutter, 2019)), label smoothing (Szegedy et al., 2016),
+a built-in per-step learning-rate schedule (one-cycle, Smith & Topin, 2019; cosine, Loshchilov & Hutter, 2017),
+torchmetrics accuracy per stage and the TensorBoard HPARAMS record that links the configuration to the final metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+LRScheduleName = Literal["none", "onecycle", "cosine"]
+
+#: Checkpoint entry holding ``module.Class`` of the ``Classifier`` that wrote it (read by ``EnsembleClassifier``).
+CLASS_PATH_KEY = "lightning_tricks_class_path"
+
+#: Metric keys shown in TensorBoard's HPARAMS tab next to the configuration of each run.
+HPARAMS_METRICS: tuple[str, ...] = (
+    "val/acc",
+    "val/loss",
+    "test/acc",
+    "test/loss",
+    "train/acc_epoch",
+    "train/loss_epoch",
+)
+
+
+def check_choice(option: str, value: Any, allowed: Any) -> None:
+    """Raise ``ValueError`` naming ``option``, the allowed values and ``value`` unless ``value`` is allowed.
+
+    Args:
+        option: the argument name, used in the message.
+        value: what was given.
+        allowed: a ``Literal[...]`` type or a sequence of allowed values.
+    """
+    choices = get_args(allowed) or tuple(allowed)
+    if value not in choices:
+        raise ValueError(f"Expected argument `{option}` to be one of {list(choices)}, but got {value!r}.")
+
+
+def check_range(
+    option: str, value: float, low: float | None = None, high: float | None = None, *, high_inclusive: bool = False
+) -> None:
+    """Raise ``ValueError`` unless ``low <= value`` and ``value < high`` (``<= high`` when ``high_inclusive``)."""
+    too_low = low is not None and not value >= low
+    too_high = high is not None and not (value <= high if high_inclusive else value < high)
+    if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
+        closing = "]" if high_inclusive else ")"
+        interval = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}{closing}"
+        raise ValueError(f"Expected argument `{option}` to be in the range {interval}, but got {value!r}.")
+
+
+def _tensorboard_value(value: Any) -> bool | int | float | str:
+    """TensorBoard's hparams summary only takes numbers, booleans and strings: write anything else as text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+class Classifier(LightningModule):
+    """Base image classifier: cross-entropy training with a chosen optimizer, accuracy metrics and logging.
+
+    A subclass sets ``self.net`` (``x`` of shape ``[B, in_channels, H, W]`` to logits ``[B, num_classes]``) after
+    calling ``super().__init__(...)``. Batches are ``(x, y)`` with float ``x`` and int64 class labels ``y``.
+
+    Optimizers (``optimizer``): ``"sgd"`` plain SGD; ``"momentum"`` SGD with heavy-ball momentum (Polyak, 1964);
+    ``"nesterov"`` SGD with Nesterov momentum (Sutskever et al., 2013); ``"adagrad"`` (Duchi et al., 2011);
+    ``"rmsprop"`` (Hinton, 2012, with ``momentum``); ``"adam"`` (Kingma & Ba, 2015); ``"adamw"`` Adam with decoupled
+    weight decay (Loshchilov & Hutter, 2019). ``weight_decay`` is the optimizer's own: coupled (an L2 term added to the
+    gradient) for every optimizer except ``"adamw"``, and applied to every parameter; use the ``WeightDecay``
+    callback to exclude biases and normalization layers.
+
+    ``lr_schedule`` is a per-step schedule over ``trainer.estimated_stepping_batches``: ``"onecycle"`` (Smith & Topin,
+    2019: warm up to ``lr`` for 30% of the steps, anneal to ~0; momentum/beta1 cycles for momentum, nesterov, adam and
+    adamw) or ``"cosine"`` (Loshchilov & Hutter, 2017, without restarts, down to 0). Use ``"none"`` with the
+    ``LRDecay`` callback for the classic per-epoch decays.
+
+    Hooks: the loss and metrics run in ``training_step`` / ``validation_step`` / ``test_step``; ``channels_last`` and
+    ``compile`` are applied once in ``configure_model`` (before DDP wraps the model); the HPARAMS record is written in
+    ``setup``. Cost: no host-device synchronization on the hot path; everything stays a tensor until Lightning logs it.
+
+    Input checks: the shapes and dtypes of ``x`` and ``y`` are checked on every batch (free: shapes live on the host).
+    The label range (``0 <= y < num_classes``) needs the values: it is checked on every batch of CPU tensors and, on an
+    accelerator, only on the first batch of each epoch (one deliberate sync per epoch per stage).
+
+    Logged keys: ``train/loss``, ``train/acc`` (``_step`` and ``_epoch`` variants), ``val/loss``, ``val/acc``,
+    ``test/loss``, ``test/acc`` (per epoch, reduced over DDP ranks: losses with ``sync_dist=True``, accuracy through
+    torchmetrics' own state sync). Label smoothing applies to the training loss only.
+
+    TensorBoard HPARAMS: the TensorBoard ``hparams`` summary is written in ``setup`` (before Lightning's own
+    automatic call) with the metrics ``val/acc``, ``val/loss``, ``test/acc``, ``test/loss``, ``train/acc_epoch`` and
+    ``train/loss_epoch``. TensorBoard keeps the first ``hparams`` summary of a run, so the HPARAMS tab shows these
+    metrics next to the configuration (the datamodule's hyperparameters included) whether or not the
+    ``TensorBoardLogger`` was created with ``default_hp_metric=False``; no placeholder scalars are logged.
+
+    Args:
+        optimizer: one of ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adagrad"``, ``"rmsprop"``, ``"adam"``,
+            ``"adamw"``.
+        lr: learning rate (the peak rate for ``lr_schedule="onecycle"``), > 0.
+        momentum: momentum for ``"momentum"``, ``"nesterov"`` and ``"rmsprop"``, in [0, 1).
+        weight_decay: the optimizer's own weight decay, >= 0.
+        label_smoothing: label smoothing of the training loss, in [0, 1).
+        lr_schedule: ``"none"``, ``"onecycle"`` or ``"cosine"`` (stepped every optimizer step).
+        num_classes: number of classes, >= 2.
+        in_channels: number of input channels, >= 1.
+        channels_last: convert the network and its inputs to the channels-last memory format (faster convolutions
+            with AMP on tensor-core GPUs).
+        compile: ``torch.compile`` the network in place (``nn.Module.compile``, state-dict keys unchanged) in
+            ``configure_model``.
+
+    Raises:
+        ValueError: an option outside its allowed values or range.
+
+    Example::
+
+        class TinyNet(Classifier):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+        trainer = Trainer(max_epochs=3)
+        trainer.fit(TinyNet(optimizer="nesterov", lr=0.05), datamodule=FashionMNISTDataModule())
+    """
+
+    #: Constructor arguments left out of ``self.hparams`` (objects that cannot go in a checkpoint's hparams).
+    _hparams_ignore: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        optimizer: OptimizerName = "adam",
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        lr_schedule: LRScheduleName = "none",
+        num_classes: int = 10,
+        in_channels: int = 1,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        check_choice("optimizer", optimizer, OptimizerName)
+        check_choice("lr_schedule", lr_schedule, LRScheduleName)
+        if not lr > 0:
+            raise ValueError(f"Expected argument `lr` to be a float > 0, but got {lr!r}.")
+        check_range("momentum", momentum, 0.0, 1.0)
+        if optimizer in ("momentum", "nesterov") and momentum == 0.0:
+            raise ValueError(f"Expected argument `momentum` to be > 0 for optimizer={optimizer!r}, but got 0.0.")
+        check_range("weight_decay", weight_decay, 0.0)
+        check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+        check_range("num_classes", num_classes, 2)
+        check_range("in_channels", in_channels, 1)
+        self.save_hyperparameters(ignore=list(self._hparams_ignore))
+
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.label_smoothing = label_smoothing
+        self.lr_schedule = lr_schedule
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.channels_last = channels_last
+        self.compile_net = compile
+        self._net_prepared = False
+
+        self.net: nn.Module = nn.Identity()
+        # One metric object per stage so their states never mix (validation runs inside the training epoch).
+        # validate_args=False: torchmetrics' value checks would sync with the host on every batch; see _check_batch.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the logits ``[B, num_classes]`` for images ``x`` ``[B, in_channels, H, W]``."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    # ----------------------------------------------------------------------------------------------------- set-up
+    @override
+    def configure_model(self) -> None:
+        """Apply ``channels_last`` and ``compile`` to ``self.net`` once, before the strategy wraps the model."""
+        if self._net_prepared:
+            return
+        self._net_prepared = True
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_net:
+            self.net.compile()
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Write the TensorBoard HPARAMS record (configuration + metric keys); see the class docstring."""
+        self._log_hparams_for_tensorboard()
+
+    def _log_hparams_for_tensorboard(self) -> None:
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not loggers:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        params: dict[str, Any] = {}
+        datamodule = trainer.datamodule
+        if datamodule is not None and getattr(datamodule, "_log_hyperparams", False):
+            params.update(datamodule.hparams_initial)
+        if self._log_hyperparams:
+            params.update(self.hparams_initial)
+        params.pop("_class_path", None)  # LightningCLI's internal hparam, left out like Lightning does
+        params = {key: _tensorboard_value(value) for key, value in params.items()}
+        # The metric values are not written here (no placeholder points in the curves): TensorBoard reads the last
+        # scalar of each listed key from the run when the HPARAMS tab is opened.
+        experiment, session_start, session_end = hparams(params, dict.fromkeys(HPARAMS_METRICS, 0.0))
+        for logger in loggers:
+            # The same writer Lightning's TensorBoardLogger.log_hyperparams uses; the first record of a run wins.
+            writer = logger.experiment._get_file_writer()
+            for summary in (experiment, session_start, session_end):
+                writer.add_summary(summary)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the class path so ``EnsembleClassifier(checkpoints=...)`` can rebuild the right subclass."""
+        checkpoint[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
+        """Build the optimizer named by ``optimizer`` and, if asked, the per-step ``lr_schedule``."""
+        optimizer = build_optimizer(
+            self.optimizer_name, self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        if self.lr_schedule == "none":
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps) or total_steps < 1:
+            raise ValueError(
+                f"`lr_schedule={self.lr_schedule!r}` needs a finite number of training steps, but the trainer "
+                f"estimates {total_steps}. Set `max_epochs` or `max_steps` on the Trainer, or use `lr_schedule='none'`."
+            )
+        total_steps = int(total_steps)
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if self.lr_schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=self.lr,
+                total_steps=total_steps,
+                cycle_momentum=self.optimizer_name in ("momentum", "nesterov", "adam", "adamw"),
+            )
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------------------------------------------ steps
+    def _check_batch(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
+        """Check shapes and dtypes (host-side metadata, free) and, when cheap, the label range.
+
+        Raises:
+            ValueError: wrong number of dimensions or channels, non-integer labels, mismatched batch sizes, or labels
+                outside ``[0, num_classes)``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects images of shape [B, {self.in_channels}, H, W] "
+                f"(in_channels={self.in_channels}), but got a batch of shape {tuple(x.shape)}. "
+                f"Set `in_channels` to the data's channel count or fix the data module's transforms."
+            )
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__} expects labels of shape [B] = [{x.shape[0]}], but got {tuple(y.shape)}."
+            )
+        if y.dtype != torch.long:
+            raise ValueError(f"{type(self).__name__} expects int64 class labels, but got dtype {y.dtype}.")
+        # Deliberate sync on accelerators, once per epoch per stage (batch 0): reading the label values.
+        if (y.device.type == "cpu" or batch_idx == 0) and bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(
+                f"{type(self).__name__} expects labels in [0, {self.num_classes}) (num_classes={self.num_classes}),"
+                f" but got labels from {int(y.min())} to {int(y.max())}."
+            )
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> Tensor:
+        x, y = batch
+        self._check_batch(x, y, batch_idx)
+        logits = self(x)
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        metric: MulticlassAccuracy = getattr(self, f"{stage}_acc")
+        batch_size = x.shape[0]
+        if stage == "train":
+            metric(logits.detach(), y)
+            self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=batch_size)
+            self.log("train/acc", metric, on_step=True, on_epoch=True, batch_size=batch_size)
+        else:
+            metric.update(logits, y)
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+            self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, batch_size=batch_size)
+        return loss
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy (with ``label_smoothing``) on one batch; logs ``train/loss`` and ``train/acc``."""
+        return self._shared_step(batch, batch_idx, "train")
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy on one batch; logs ``val/loss`` and ``val/acc`` per epoch."""
+        return self._shared_step(batch, batch_idx, "val")
+
+    @override
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy on one batch; logs ``test/loss`` and ``test/acc`` per epoch."""
+        return self._shared_step(batch, batch_idx, "test")
+
+    @override
+    def predict_step(self, batch: Tensor | tuple[Tensor, ...] | list[Tensor], batch_idx: int) -> Tensor:
+        """Return class probabilities ``[B, num_classes]`` for ``x`` or an ``(x, y)`` batch."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return torch.softmax(self(x), dim=-1)
+
+
+def build_optimizer(
+    name: OptimizerName,
+    params: Any,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """Build the torch optimizer for one of ``Classifier``'s optimizer names.
+
+    Args:
+        name: ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adagrad"``, ``"rmsprop"``, ``"adam"`` or ``"adamw"``.
+        params: parameters or parameter groups.
+        lr: learning rate.
+        momentum: momentum of ``"momentum"``, ``"nesterov"`` and ``"rmsprop"`` (ignored by the others).
+        weight_decay: the optimizer's weight decay (decoupled only for ``"adamw"``).
+
+    Raises:
+        ValueError: an unknown ``name``.
+    """
+    check_choice("optimizer", name, OptimizerName)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "nesterov":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
