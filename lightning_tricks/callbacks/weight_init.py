@@ -1,0 +1,327 @@
+"""Weight initialization schemes for Linear and Conv layers, including data-dependent LSUV.
+
+Sources: LeCun et al. 1998 "Efficient BackProp" (``uniform``/``gaussian``/``lecun_normal``: variance ``1 / fan_in``);
+Glorot & Bengio 2010 (``xavier_*``); He et al. 2015 (``kaiming_*``); Saxe et al. 2014 (``orthogonal``);
+Mishkin & Matas 2016 "All you need is a good init" (``lsuv``). ``standard_normal`` (N(0, 1)) is the classic
+counterexample: the activation scale grows like ``sqrt(width)`` per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatch
+from typing import Any, Literal, get_args
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+from typing_extensions import override
+
+Scheme = Literal[
+    "uniform",
+    "gaussian",
+    "lecun_normal",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "standard_normal",
+    "lsuv",
+]
+Nonlinearity = Literal["linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
+FanMode = Literal["fan_in", "fan_out"]
+
+# std of a unit normal truncated to [-2, 2]: dividing by it makes the truncated draw's variance 1 / fan_in.
+_TRUNC_STD = 0.87962566103423978
+
+
+def target_layers(
+    module: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> list[tuple[str, nn.Module]]:
+    """The Linear / Conv layers of ``module`` whose ``named_modules`` name matches ``include`` and not ``exclude``."""
+    layers = []
+    for name, layer in module.named_modules():
+        if not isinstance(layer, (nn.Linear, _ConvNd)):
+            continue
+        if include is not None and not any(fnmatch(name, pattern) for pattern in include):
+            continue
+        if exclude is not None and any(fnmatch(name, pattern) for pattern in exclude):
+            continue
+        layers.append((name, layer))
+    return layers
+
+
+def fan_in(weight: Tensor) -> int:
+    """Inputs per output unit: ``in_features`` for Linear, ``in_channels / groups * prod(kernel)`` for Conv."""
+    return weight.shape[1] * math.prod(weight.shape[2:])
+
+
+@torch.no_grad()
+def init_layer_(
+    layer: nn.Module,
+    scheme: Scheme,
+    bias: float = 0.0,
+    gain: float = 1.0,
+    nonlinearity: Nonlinearity = "relu",
+    fan_mode: FanMode = "fan_in",
+    generator: torch.Generator | None = None,
+) -> None:
+    """Initialize ``layer.weight`` in place by ``scheme`` (``lsuv``: its orthogonal start) and set the bias."""
+    weight, g = layer.weight, generator
+    std = 1.0 / math.sqrt(fan_in(weight))
+    if scheme == "uniform":
+        nn.init.uniform_(weight, -std, std, generator=g)
+    elif scheme == "gaussian":
+        nn.init.normal_(weight, 0.0, std, generator=g)
+    elif scheme == "lecun_normal":
+        nn.init.trunc_normal_(weight, 0.0, std / _TRUNC_STD, -2 * std / _TRUNC_STD, 2 * std / _TRUNC_STD, generator=g)
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(weight, gain=gain, generator=g)
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(weight, gain=gain, generator=g)
+    elif scheme in ("kaiming_uniform", "kaiming_normal"):
+        init = nn.init.kaiming_uniform_ if scheme == "kaiming_uniform" else nn.init.kaiming_normal_
+        slope = 0.01 if nonlinearity == "leaky_relu" else 0.0
+        init(weight, a=slope, mode=fan_mode, nonlinearity=nonlinearity, generator=g)
+    elif scheme in ("orthogonal", "lsuv"):
+        nn.init.orthogonal_(weight, gain=gain, generator=g)
+    elif scheme == "standard_normal":
+        nn.init.normal_(weight, 0.0, 1.0, generator=g)
+    else:
+        raise ValueError(f"Expected argument `scheme` to be one of {get_args(Scheme)}, but got {scheme!r}.")
+    if getattr(layer, "bias", None) is not None:
+        nn.init.constant_(layer.bias, bias)
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook once the layer of interest has produced its output."""
+
+
+@torch.no_grad()
+def _output_variance(model: nn.Module, layer: nn.Module, inputs: Any) -> float:
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, _args: Any, output: Tensor) -> None:
+        captured.append(output.detach().float())
+        raise _StopForward  # the rest of the network is not needed
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(inputs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        return float("nan")
+    return captured[0].var().item()  # host sync: LSUV runs once, before training
+
+
+@torch.no_grad()
+def lsuv_(
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[tuple[str, nn.Module]],
+    tolerance: float = 0.1,
+    max_iters: int = 10,
+) -> dict[str, float]:
+    """Layer-sequential unit-variance scaling (Mishkin & Matas 2016), in place.
+
+    In forward order, each layer's weight ``w0`` is set to ``w0 * s`` with ``s`` updated ``s /= sqrt(var)`` until the
+    variance of the layer's output on ``model(inputs)`` is within ``tolerance`` of 1 (at most ``max_iters``
+    rescalings). Call it on already (orthogonally) initialized layers. Returns each layer's final scale ``s``;
+    :func:`apply_scales_` reproduces the result bit for bit on an identical copy of the weights.
+    """
+    order: list[nn.Module] = []
+
+    def record(module: nn.Module, _args: Any, _output: Any) -> None:
+        if module not in order:
+            order.append(module)
+
+    handles = [layer.register_forward_hook(record) for _, layer in layers]
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = {id(layer): name for name, layer in layers}
+    scales: dict[str, float] = {}
+    for layer in order:
+        start, scale = layer.weight.detach().clone(), 1.0
+        for iteration in range(max_iters + 1):
+            variance = _output_variance(model, layer, inputs)
+            if abs(variance - 1.0) <= tolerance or not math.isfinite(variance) or variance <= 0.0:
+                break
+            if iteration == max_iters:
+                rank_zero_warn(
+                    f"LSUV: layer `{names[id(layer)]}` output variance {variance:.3g} after {max_iters} steps"
+                )
+                break
+            scale /= math.sqrt(variance)
+            layer.weight.copy_(start * scale)
+        scales[names[id(layer)]] = scale
+    return scales
+
+
+@torch.no_grad()
+def apply_scales_(layers: Sequence[tuple[str, nn.Module]], scales: Mapping[str, float]) -> None:
+    """Multiply each named layer's weight by its LSUV scale (the same operation :func:`lsuv_` ends with)."""
+    for name, layer in layers:
+        if name in scales:
+            layer.weight.copy_(layer.weight * scales[name])
+
+
+def _batch_inputs(batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return next(iter(batch.values()))
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+class WeightInit(Callback):
+    r"""Initialize the weights of Linear / Conv layers by a classic scheme before training.
+
+    Schemes (``n_in`` = fan-in): ``uniform`` U(-1/sqrt(n_in), 1/sqrt(n_in)); ``gaussian`` N(0, 1/n_in);
+    ``lecun_normal`` the same variance from a normal truncated at 2 std; ``xavier_uniform`` / ``xavier_normal``
+    (variance ``2 gain^2 / (n_in + n_out)``); ``kaiming_uniform`` / ``kaiming_normal`` (variance
+    ``gain(nonlinearity)^2 / fan``, ``fan`` by ``fan_mode``; ``leaky_relu`` uses slope 0.01); ``orthogonal`` (times
+    ``gain``); ``standard_normal`` N(0, 1), which makes activations blow up with width (a counterexample);
+    ``lsuv``: orthogonal, then each layer rescaled in forward order until its output variance on the first training
+    batch is 1 within ``lsuv_tolerance``. Biases are set to ``bias``; normalization and other layers are untouched;
+    ``include`` / ``exclude`` select layers by ``fnmatch`` patterns on ``named_modules`` names (e.g. ``"encoder.*"``).
+
+    Hooks: data-free schemes (and the orthogonal start of ``lsuv``) run in ``setup(stage="fit")``, before the
+    strategy wraps the model, so DDP's constructor broadcasts rank 0's weights to all ranks. With ``seed`` the draw
+    uses its own generator and is reproducible (the global RNG is untouched). A checkpoint passed as
+    ``trainer.fit(ckpt_path=...)`` is restored after ``setup`` and wins: resuming or fine-tuning from it keeps its
+    weights. (Weights you load yourself before ``fit`` without ``ckpt_path`` are overwritten: drop the callback.)
+    ``lsuv`` rescales in ``on_train_start`` on rank 0's first training batch (moved to the device, fetched under a
+    forked RNG so the data order is unchanged), model in eval mode (no BatchNorm statistics change, no dropout); the
+    scales are broadcast so every rank applies the same ones. It is skipped when resuming (``trainer.ckpt_path``).
+    The batch's inputs are the batch itself, its first element (tuple / list) or first value (dict).
+
+    Cost: one pass over the weights at setup; ``lsuv`` adds up to ``layers * (lsuv_max_iters + 1)`` partial forward
+    passes on one batch, once. Logs nothing (one info line with the number of layers initialized).
+
+    Args:
+        scheme: The initialization scheme (see above).
+        bias: Value for every bias of the selected layers.
+        include: ``fnmatch`` patterns of layer names to initialize; ``None``: all Linear / Conv layers.
+        exclude: ``fnmatch`` patterns of layer names to leave alone.
+        seed: Seed of a private generator for the draw; ``None`` uses the global RNG.
+        nonlinearity: The activation after the layers, for the gain of ``kaiming_*``.
+        fan_mode: ``"fan_in"`` (forward variance) or ``"fan_out"`` (backward variance) for ``kaiming_*``.
+        gain: Scale of ``xavier_*`` and ``orthogonal``.
+        lsuv_tolerance: Allowed distance of each layer's output variance from 1 (``> 0``).
+        lsuv_max_iters: Most rescalings per layer (``>= 1``).
+
+    Raises:
+        ValueError: On an unknown ``scheme``, ``nonlinearity`` or ``fan_mode``, ``lsuv_tolerance <= 0`` or
+            ``lsuv_max_iters < 1``.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_tricks.callbacks import WeightInit
+
+        trainer = Trainer(callbacks=[WeightInit("kaiming_normal", nonlinearity="relu", exclude=["head"], seed=0)])
+        trainer.fit(model)
+    """
+
+    def __init__(
+        self,
+        scheme: Scheme = "xavier_uniform",
+        bias: float = 0.0,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        seed: int | None = None,
+        nonlinearity: Nonlinearity = "relu",
+        fan_mode: FanMode = "fan_in",
+        gain: float = 1.0,
+        lsuv_tolerance: float = 0.1,
+        lsuv_max_iters: int = 10,
+    ) -> None:
+        for option, value, allowed in (
+            ("scheme", scheme, get_args(Scheme)),
+            ("nonlinearity", nonlinearity, get_args(Nonlinearity)),
+            ("fan_mode", fan_mode, get_args(FanMode)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"Expected argument `{option}` to be one of {allowed}, but got {value!r}.")
+        if not lsuv_tolerance > 0:
+            raise ValueError(f"Expected argument `lsuv_tolerance` to be a float > 0, but got {lsuv_tolerance}.")
+        if lsuv_max_iters < 1:
+            raise ValueError(f"Expected argument `lsuv_max_iters` to be an integer >= 1, but got {lsuv_max_iters}.")
+        self.scheme = scheme
+        self.bias = bias
+        self.include = include
+        self.exclude = exclude
+        self.seed = seed
+        self.nonlinearity = nonlinearity
+        self.fan_mode = fan_mode
+        self.gain = gain
+        self.lsuv_tolerance = lsuv_tolerance
+        self.lsuv_max_iters = lsuv_max_iters
+
+    def init_module_(self, module: nn.Module) -> list[str]:
+        """Apply the data-free part of the scheme to ``module`` in place; returns the initialized layer names."""
+        layers = target_layers(module, self.include, self.exclude)
+        generators: dict[torch.device, torch.Generator] = {}
+        for name, layer in layers:
+            if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+                rank_zero_warn(f"WeightInit: skipping lazy layer `{name}` (not materialized at setup).")
+                continue
+            generator = None
+            if self.seed is not None:
+                device = layer.weight.device
+                if device not in generators:
+                    generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+                generator = generators[device]
+            init_layer_(layer, self.scheme, self.bias, self.gain, self.nonlinearity, self.fan_mode, generator)
+        return [name for name, _ in layers]
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        names = self.init_module_(pl_module)
+        if not names:
+            rank_zero_warn("WeightInit: no Linear / Conv layer matched `include` / `exclude`; nothing initialized.")
+        rank_zero_info(f"WeightInit: {self.scheme} initialization of {len(names)} layers.")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.scheme != "lsuv" or trainer.ckpt_path is not None:
+            return
+        layers = target_layers(pl_module, self.include, self.exclude)
+        scales = None
+        if trainer.is_global_zero:
+            scales = self._lsuv_on_first_batch(trainer, pl_module, layers)
+        scales = trainer.strategy.broadcast(scales, src=0)
+        if not trainer.is_global_zero:
+            apply_scales_(layers, scales)
+
+    def _lsuv_on_first_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, layers: list[tuple[str, nn.Module]]
+    ) -> dict[str, float]:
+        loader = trainer.train_dataloader
+        if isinstance(loader, Mapping):
+            loader = next(iter(loader.values()))
+        elif isinstance(loader, (list, tuple)):
+            loader = loader[0]
+        with torch.random.fork_rng(devices=[]):  # iterating a shuffled loader draws a seed from the global RNG
+            batch = next(iter(loader))
+        inputs = _batch_inputs(trainer.strategy.batch_to_device(batch))
+        modes = {module: module.training for module in pl_module.modules()}
+        pl_module.eval()
+        try:
+            return lsuv_(pl_module, inputs, layers, self.lsuv_tolerance, self.lsuv_max_iters)
+        finally:
+            for module, training in modes.items():
+                module.train(training)
