@@ -14,7 +14,8 @@ Helpers:
 - :func:`log_metrics`: rank-zero logging of host floats to every logger of the trainer.
 - :func:`tensorboard_writers`, :func:`add_histograms`, :func:`add_custom_scalars`: TensorBoard-only extras that
   other loggers skip cleanly.
-- :func:`layer_name`, :func:`named_optimizer_params`, :func:`validate_every_n`: naming and option checks.
+- :func:`layer_name`, :func:`named_optimizer_params`, :func:`group_indices`, :func:`group_norms`,
+  :func:`validate_every_n`: naming, per-layer grouping and option checks.
 """
 
 from __future__ import annotations
@@ -224,3 +225,11 @@ def group_indices(names: Iterable[str]) -> dict[str, list[int]]:
     for i, name in enumerate(names):
         groups.setdefault(layer_name(name), []).append(i)
     return groups
+
+
+def group_norms(norms: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
+    """Combine per-tensor L2 norms into per-group L2 norms: ``sqrt(sum of squares)`` over each group's indices."""
+    index = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=norms.device)
+    order = torch.tensor([i for members in groups for i in members], device=norms.device)
+    squares = torch.zeros(len(groups), device=norms.device, dtype=norms.dtype)
+    return squares.index_add_(0, index, norms[order].square()).sqrt()

@@ -24,6 +24,7 @@ from lightning_tricks.callbacks._monitoring import (
     add_custom_scalars,
     add_histograms,
     group_indices,
+    group_norms,
     is_logging_step,
     log_metrics,
     named_optimizer_params,
@@ -58,14 +59,6 @@ def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], eps: float 
     update_norms = torch.stack([n.float() for n in torch._foreach_norm(diffs)])
     weight_norms = torch.stack([n.float() for n in torch._foreach_norm(list(before))])
     return update_norms, update_norms / weight_norms.clamp_min(eps)
-
-
-def group_norms(norms: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
-    """Combine per-tensor L2 norms into per-group L2 norms: ``sqrt(sum of squares)`` over each group's indices."""
-    index = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=norms.device)
-    order = torch.tensor([i for members in groups for i in members], device=norms.device)
-    squares = torch.zeros(len(groups), device=norms.device, dtype=norms.dtype)
-    return squares.index_add_(0, index, norms[order].square()).sqrt()
 
 
 @dataclass

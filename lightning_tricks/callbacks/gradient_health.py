@@ -1,0 +1,297 @@
+"""Detect vanishing, exploding and non-finite gradients, and warn, skip the bad step, or stop training.
+
+Vanishing and exploding gradients: Hochreiter (1991); Bengio, Simard & Frasconi (1994), "Learning long-term
+dependencies with gradient descent is difficult"; Pascanu, Mikolov & Bengio (2013), "On the difficulty of training
+recurrent neural networks" (norm spikes and clipping); Glorot & Bengio (2010) for per-layer gradient norms in deep
+sigmoid networks. Skipping a step with non-finite gradients is what ``torch.amp.GradScaler`` does for fp16. Requested
+upstream as Lightning issue #21589 (gradient statistics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_tricks.callbacks._monitoring import (
+    group_indices,
+    group_norms,
+    is_logging_step,
+    log_metrics,
+    logging_step,
+    named_optimizer_params,
+    resolve_every_n_steps,
+    to_host,
+    validate_every_n,
+)
+
+_ACTIONS = ("warn", "skip", "stop")
+_REMEDIES = (
+    "Classic remedies: normalization layers (batch / layer norm), a better initialization (Xavier / Kaiming, "
+    "e.g. `WeightInit`), gradient clipping (e.g. `GradientClipping`), a lower learning rate, or an adaptive "
+    "optimizer such as Adam"
+)
+
+
+@dataclass
+class GradientDiagnosis:
+    """Device tensors describing one step's gradients (no host sync was needed to build them)."""
+
+    total_norm: Tensor  # () L2 norm of all gradients
+    median_norm: Tensor  # () median of the recorded recent total norms (NaN before any)
+    nonfinite: Tensor  # () bool: some gradient is NaN or infinite
+    exploding: Tensor  # () bool: total norm > explode_factor x median (after min_history recorded norms)
+    vanishing: Tensor  # (L,) bool per layer: norm < vanish_ratio x largest layer norm, or < vanish_floor
+    min_layer_ratio: Tensor  # () smallest layer norm / largest layer norm
+
+
+def diagnose_gradients(
+    layer_norms: Tensor,
+    history: Tensor,
+    explode_factor: float = 10.0,
+    vanish_ratio: float = 1e-3,
+    vanish_floor: float = 1e-7,
+    min_history: int = 10,
+) -> GradientDiagnosis:
+    """Classify one step's gradients from per-layer L2 norms and a buffer of recent total norms (NaN = empty slot).
+
+    Pure tensor maths, branch-free, no host sync.
+    """
+    total = torch.linalg.vector_norm(layer_norms)
+    nonfinite = ~torch.isfinite(total)
+    median = torch.nanmedian(history)
+    enough = (~torch.isnan(history)).sum() >= min_history
+    exploding = enough & (total > explode_factor * median)
+    largest = torch.where(torch.isfinite(layer_norms), layer_norms, 0.0).amax()
+    vanishing = (layer_norms < vanish_ratio * largest) | (layer_norms < vanish_floor)
+    min_ratio = layer_norms.amin() / largest.clamp_min(torch.finfo(layer_norms.dtype).tiny)
+    return GradientDiagnosis(total, median, nonfinite, exploding, vanishing, min_ratio)
+
+
+class GradientHealth(Callback):
+    r"""Detect vanishing, exploding and non-finite gradients; warn, skip the bad step, or stop training.
+
+    Runs in ``on_before_optimizer_step``: gradients are unscaled under AMP, all-reduced under DDP and not yet clipped
+    (put it before any clipping callback in ``callbacks=[...]``). A *layer* is a module owning parameters.
+
+    - exploding: the total gradient norm exceeds ``explode_factor`` times the running median of the last ``history``
+      finite total norms (checked once ``min_history`` norms are recorded), or is non-finite. A non-finite loss shows
+      up here as non-finite gradients.
+    - vanishing: a layer's gradient norm is below ``vanish_ratio`` times the largest layer's, or below
+      ``vanish_floor``. Vanishing is chronic, so it is always reported as a warning, never skipped or stopped on.
+
+    Actions on an exploding or non-finite step: ``"warn"`` reports it; ``"skip"`` drops that step's update: every
+    gradient of the optimizer is set to ``None`` so torch optimizers leave those parameters AND their state
+    (moments, step counts) bitwise untouched (``torch.amp.GradScaler`` then skips as usual); ``"stop"`` skips the
+    step too (so a ``ModelCheckpoint`` only ever sees the last good weights) and sets ``trainer.should_stop``.
+    Under DDP a step is skipped on every rank when any rank flags it (``reduce_boolean_decision(all=False)``).
+
+    Cost and syncs: per checked step, one ``_foreach_norm`` over the gradients and a few tiny kernels. ``"warn"``
+    keeps every flag and count on the device and copies them to the host ONCE per logging interval (zero syncs on
+    other steps). ``"skip"`` and ``"stop"`` need a Python branch each checked step: ONE host sync per checked step
+    (a single fused flag), plus one all-reduce under DDP; use ``check_every_n_steps`` to thin it out.
+
+    Logged keys (rank zero, every ``log_every_n_steps``): ``grad_health/total_norm`` and ``grad_health/median_norm``
+    (last checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer gradient norm),
+    ``grad_health/vanishing_layers`` (layers flagged in the interval), and the running counts
+    ``grad_health/exploding_steps``, ``grad_health/nonfinite_steps``, ``grad_health/skipped_steps``.
+
+    Args:
+        action: what to do on an exploding or non-finite step: ``"warn"``, ``"skip"`` or ``"stop"``.
+        explode_factor: total norm above this multiple of the running median counts as exploding (> 1).
+        vanish_ratio: a layer below this fraction of the largest layer's gradient norm is vanishing, in [0, 1).
+        vanish_floor: a layer below this absolute gradient norm is vanishing (>= 0).
+        history: how many recent finite total norms the running median uses.
+        min_history: norms to record before the exploding test starts, in [1, history].
+        check_every_n_steps: check every N optimizer steps (others cost nothing).
+        log_every_n_steps: log and warn every N steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
+
+    Raises:
+        ValueError: on an unknown ``action`` or an out-of-range number.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_tricks.callbacks import GradientHealth
+
+        trainer = Trainer(callbacks=[GradientHealth(action="skip", explode_factor=20.0)])
+    """
+
+    def __init__(
+        self,
+        action: Literal["warn", "skip", "stop"] = "warn",
+        explode_factor: float = 10.0,
+        vanish_ratio: float = 1e-3,
+        vanish_floor: float = 1e-7,
+        history: int = 100,
+        min_history: int = 10,
+        check_every_n_steps: int = 1,
+        log_every_n_steps: int | None = None,
+    ) -> None:
+        if action not in _ACTIONS:
+            raise ValueError(f"Expected argument `action` to be one of {_ACTIONS}, but got {action!r}.")
+        if not explode_factor > 1.0:
+            raise ValueError(f"Expected argument `explode_factor` to be a float > 1, but got {explode_factor!r}.")
+        if not 0.0 <= vanish_ratio < 1.0:
+            raise ValueError(f"Expected argument `vanish_ratio` to be a float in [0, 1), but got {vanish_ratio!r}.")
+        if not vanish_floor >= 0.0:
+            raise ValueError(f"Expected argument `vanish_floor` to be a float >= 0, but got {vanish_floor!r}.")
+        validate_every_n("history", history, allow_none=False)
+        if isinstance(min_history, bool) or not isinstance(min_history, int) or not 1 <= min_history <= history:
+            allowed = f"an int in [1, history={history}]"
+            raise ValueError(f"Expected argument `min_history` to be {allowed}, but got {min_history!r}.")
+        validate_every_n("check_every_n_steps", check_every_n_steps, allow_none=False)
+        validate_every_n("log_every_n_steps", log_every_n_steps)
+        self.action = action
+        self.explode_factor = float(explode_factor)
+        self.vanish_ratio = float(vanish_ratio)
+        self.vanish_floor = float(vanish_floor)
+        self.history = history
+        self.min_history = min_history
+        self.check_every_n_steps = check_every_n_steps
+        self.log_every_n_steps = log_every_n_steps
+        self._every_n = 0
+        # training state (see state_dict)
+        self._norms: Tensor = torch.full((history,), float("nan"))  # ring buffer of recent finite total norms
+        self._recorded = 0  # norms written to the ring buffer so far
+        self._checks = 0  # checked steps in the current logging interval
+        self._interval: dict[str, Tensor] = {}  # device accumulators of the interval
+        self._layers: list[str] = []  # layer names of the vanishing counts
+        self._counts = {"exploding_steps": 0, "nonfinite_steps": 0, "skipped_steps": 0}
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
+
+    def _accumulate(self, diag: GradientDiagnosis, layers: list[str]) -> None:
+        device = diag.total_norm.device
+        if layers != self._layers:  # first check, or another optimizer's layers: start fresh vanishing counts
+            self._layers = layers
+            self._interval.pop("vanishing", None)
+        acc = {k: v.to(device) for k, v in self._interval.items()}
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        acc["exploding"] = acc.get("exploding", zero) + diag.exploding
+        acc["nonfinite"] = acc.get("nonfinite", zero) + diag.nonfinite
+        acc["vanishing"] = acc.get("vanishing", torch.zeros_like(diag.vanishing, dtype=torch.int64)) + diag.vanishing
+        acc["total_norm"], acc["median_norm"], acc["min_layer_ratio"] = (
+            diag.total_norm,
+            diag.median_norm,
+            diag.min_layer_ratio,
+        )
+        self._interval = acc
+        self._checks += 1
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        step = logging_step(trainer)
+        if step % self.check_every_n_steps == 0:
+            self._check(trainer, pl_module, optimizer)
+        if is_logging_step(trainer, self._every_n):
+            self._flush(trainer)
+
+    def _diagnose(self, trainer: pl.Trainer, layer_norms: Tensor) -> GradientDiagnosis:
+        """Diagnose one step from its per-layer gradient norms (a seam for tests and subclasses)."""
+        return diagnose_gradients(
+            layer_norms, self._norms, self.explode_factor, self.vanish_ratio, self.vanish_floor, self.min_history
+        )
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
+        if not named:
+            return
+        groups = group_indices(n for n, _ in named)
+        norms = torch._foreach_norm([p.grad.detach() for _, p in named])  # type: ignore[union-attr]
+        layer_norms = group_norms(torch.stack([n.float() for n in norms]), list(groups.values()))
+        self._norms = self._norms.to(layer_norms.device)
+        diag = self._diagnose(trainer, layer_norms)
+        # record the norm (NaN when non-finite, so nanmedian ignores it); host-int index: no sync
+        self._norms[self._recorded % self.history] = torch.where(diag.nonfinite, torch.nan, diag.total_norm)
+        self._recorded += 1
+        self._accumulate(diag, list(groups))
+        if self.action == "warn":
+            return
+        # deliberate host sync (one per checked step): skip/stop need a Python branch on the fused flag
+        bad = bool(diag.exploding | diag.nonfinite)
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):  # any rank bad -> every rank acts
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None  # torch optimizers skip params without grad: weights and state stay bitwise equal
+        self._counts["skipped_steps"] += 1
+        # the message reads a few values on bad steps only (rare, extra syncs accepted)
+        what = "exploding or non-finite" if not bad else ("non-finite" if bool(diag.nonfinite) else "exploding")
+        message = (
+            f"GradientHealth: {what} gradients at step {trainer.global_step} (total norm "
+            f"{float(diag.total_norm):.4g}, running median {float(diag.median_norm):.4g}); the update was skipped"
+        )
+        if self.action == "stop":
+            trainer.should_stop = True
+            rank_zero_warn(f"{message} and training stops, keeping the last good weights. {_REMEDIES}.")
+        else:
+            rank_zero_warn(f"{message}. {_REMEDIES}.")
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """Copy the interval's device accumulators to the host (ONE transfer), log them and warn."""
+        if self._checks == 0:
+            return
+        acc, checks = self._interval, self._checks
+        names = ["total_norm", "median_norm", "min_layer_ratio", "exploding", "nonfinite"]
+        values = to_host([acc[n] for n in names] + [acc["vanishing"]])  # the one sync of this logging interval
+        total, median, min_ratio, exploding, nonfinite = values[:5]
+        vanishing = {layer: int(c) for layer, c in zip(self._layers, values[5:], strict=True) if c > 0}
+        self._interval, self._checks = {}, 0
+        self._counts["exploding_steps"] += int(exploding)
+        self._counts["nonfinite_steps"] += int(nonfinite)
+        metrics = {"grad_health/total_norm": total, "grad_health/median_norm": median}
+        metrics["grad_health/min_layer_ratio"] = min_ratio
+        metrics["grad_health/vanishing_layers"] = float(len(vanishing))
+        metrics.update({f"grad_health/{k}": float(v) for k, v in self._counts.items()})
+        log_metrics(trainer, metrics)
+        if self.action == "warn" and (exploding or nonfinite):
+            rank_zero_warn(
+                f"GradientHealth: exploding gradients on {int(exploding)} and non-finite gradients on "
+                f"{int(nonfinite)} of the last {checks} checked steps (last total norm {total:.4g}, running median "
+                f"{median:.4g}, threshold {self.explode_factor:g} x median). {_REMEDIES}."
+            )
+        if vanishing:
+            listed = ", ".join(f"{layer} ({c}/{checks} steps)" for layer, c in vanishing.items())
+            rank_zero_warn(
+                f"GradientHealth: vanishing gradients in {len(vanishing)} layer(s): {listed}; their gradient norm is "
+                f"below {self.vanish_ratio:g} x the largest layer's or below {self.vanish_floor:g}. {_REMEDIES}; "
+                "ReLU-family activations instead of sigmoid / tanh, and residual connections also help."
+            )
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)  # report what the last partial interval saw
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # called when checkpointing: moving the device tensors to the host here is a (rare) deliberate sync
+        return {
+            "norms": self._norms.detach().cpu(),
+            "recorded": self._recorded,
+            "checks": self._checks,
+            "interval": {k: v.detach().cpu() for k, v in self._interval.items()},
+            "layers": list(self._layers),
+            "counts": dict(self._counts),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        norms = state_dict.get("norms")
+        if norms is not None and len(norms) == self.history:  # a different `history` starts a fresh buffer
+            self._norms = torch.as_tensor(norms, dtype=torch.float32).clone()
+            self._recorded = int(state_dict.get("recorded", 0))
+        self._checks = int(state_dict.get("checks", 0))
+        self._interval = {k: torch.as_tensor(v).clone() for k, v in state_dict.get("interval", {}).items()}
+        self._layers = list(state_dict.get("layers", []))
+        self._counts.update(state_dict.get("counts", {}))
