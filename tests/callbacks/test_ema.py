@@ -1,0 +1,221 @@
+"""Tests for the EMA callback: closed-form maths, validation on averaged weights, resume, DDP, logging, CLI."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from lightning_tricks.callbacks import EMA
+from lightning_tricks.callbacks.ema import ema_decay, ema_update_
+
+TRAINER_KW: dict[str, Any] = {
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "deterministic": True,
+}
+
+
+class FixedModel(BoringModel):
+    """BoringModel on a fixed, unshuffled dataset (64 samples, batch 8) so that runs are exactly repeatable."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(torch.randn(64, 32, generator=torch.Generator().manual_seed(1)), batch_size=8)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(torch.randn(16, 32, generator=torch.Generator().manual_seed(2)), batch_size=8)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class WeightRecorder(Callback):
+    """Records the raw weights after every step and the weights seen by every validation epoch."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, torch.Tensor]] = []
+        self.validated: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.steps.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+
+def manual_ema(steps: list[dict[str, torch.Tensor]], decay: float, warmup: bool) -> dict[str, torch.Tensor]:
+    average = {k: v.clone() for k, v in steps[0].items()}
+    for t, weights in enumerate(steps[1:], start=1):
+        d = min(decay, (1 + t) / (10 + t)) if warmup else decay
+        average = {k: d * average[k] + (1 - d) * weights[k] for k in average}
+    return average
+
+
+def test_ema_maths_closed_form() -> None:
+    start, target = torch.tensor([1.0, -2.0, 4.0]), torch.tensor([3.0, 0.0, -1.0])
+    averaged = [start.clone(), start.clone()[:2]]
+    decay, k = 0.9, 7
+    for _ in range(k):
+        ema_update_(averaged, [target, target[:2]], decay)
+    expected = decay**k * start + (1 - decay**k) * target
+    torch.testing.assert_close(averaged[0], expected)
+    torch.testing.assert_close(averaged[1], expected[:2])
+    # Integer buffers take the per-tensor fallback: 0.5 * 10 + 0.5 * 20 = 15.
+    counter = [torch.tensor(10)]
+    ema_update_(counter, [torch.tensor(20)], 0.5)
+    assert counter[0].item() == 15
+    # Warmup: (1 + t) / (10 + t), capped by the decay.
+    assert ema_decay(0.999, 0, warmup=True) == pytest.approx(0.1)
+    assert ema_decay(0.999, 1, warmup=True) == pytest.approx(2 / 11)
+    assert ema_decay(0.5, 100, warmup=True) == 0.5
+    assert ema_decay(0.999, 0, warmup=False) == 0.999
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_validates_on_average_and_ends_with_it(tmp_path: Path, warmup: bool) -> None:
+    seed_everything(0)
+    model, recorder = FixedModel(), WeightRecorder()
+    ema = EMA(decay=0.8, warmup=warmup)
+    trainer = Trainer(
+        default_root_dir=tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=1, logger=False,
+        callbacks=[ema, recorder], **TRAINER_KW,
+    )  # fmt: skip
+    trainer.fit(model)
+    assert ema._num_updates == 8
+    # Validation after epoch 0 saw the EMA of the first 4 steps; the module ends with the EMA of all 8.
+    for name, value in manual_ema(recorder.steps[:4], 0.8, warmup).items():
+        torch.testing.assert_close(recorder.validated[0][name], value)
+    for name, value in manual_ema(recorder.steps, 0.8, warmup).items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+    # Validation swapped the weights back: training continued from the raw weights, not the average.
+    assert not torch.equal(recorder.steps[-1]["layer.weight"], model.layer.weight)
+    # The checkpoint's state_dict holds the averaged weights, the raw ones are kept beside them.
+    checkpoint = torch.load(next((tmp_path / "checkpoints").glob("*.ckpt")), weights_only=False)
+    torch.testing.assert_close(checkpoint["state_dict"]["layer.weight"], model.layer.weight.detach())
+    torch.testing.assert_close(checkpoint["current_model_state"]["layer.weight"], recorder.steps[-1]["layer.weight"])
+
+
+def test_ema_matches_lightning_ema_weight_averaging(tmp_path: Path) -> None:
+    results = []
+    for callback in (
+        EMA(decay=0.7, update_every_n_steps=2, update_starting_at_step=1),
+        EMAWeightAveraging(decay=0.7, update_every_n_steps=2, update_starting_at_step=1),
+    ):
+        seed_everything(0)
+        model = FixedModel()
+        trainer = Trainer(
+            default_root_dir=tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=0, logger=False,
+            enable_checkpointing=False, callbacks=[callback], **TRAINER_KW,
+        )  # fmt: skip
+        trainer.fit(model)
+        results.append(model.layer.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_ema_no_update_before_start_keeps_module(tmp_path: Path) -> None:
+    seed_everything(0)
+    model, recorder = FixedModel(), WeightRecorder()
+    trainer = Trainer(
+        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
+        enable_checkpointing=False, callbacks=[EMA(update_starting_at_step=100), recorder], **TRAINER_KW,
+    )  # fmt: skip
+    trainer.fit(model)
+    # No update yet: validation and the final module use the trained weights, not the copy made at setup.
+    assert torch.equal(recorder.validated[0]["layer.weight"], recorder.steps[-1]["layer.weight"])
+    assert torch.equal(model.layer.weight, recorder.steps[-1]["layer.weight"])
+
+
+def _fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[FixedModel, EMA]:
+    seed_everything(0)
+    model, ema = FixedModel(), EMA(decay=0.75, warmup=True)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    trainer = Trainer(
+        default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=1, logger=False,
+        callbacks=[ema, checkpoint], **TRAINER_KW,
+    )  # fmt: skip
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return model, ema
+
+
+def test_ema_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    full_model, full_ema = _fit(tmp_path / "full", max_epochs=3)
+    mid = tmp_path / "full" / "ckpt" / "epoch=0-step=4.ckpt"
+    resumed_model, resumed_ema = _fit(tmp_path / "resumed", max_epochs=3, ckpt_path=str(mid))
+    assert resumed_ema._num_updates == full_ema._num_updates == 12
+    for name, value in full_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], value), name
+    assert full_ema._average_model is not None and resumed_ema._average_model is not None
+    for a, b in zip(full_ema._average_model.parameters(), resumed_ema._average_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class _DumpAverage(Callback):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        data = b"".join(v.detach().cpu().numpy().tobytes() for v in pl_module.state_dict().values())
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(hashlib.sha256(data).hexdigest())
+
+
+def test_ema_ddp_ranks_agree(tmp_path: Path) -> None:
+    seed_everything(0)
+    trainer = Trainer(
+        default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
+        limit_train_batches=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        callbacks=[EMA(decay=0.5), _DumpAverage(tmp_path)], **TRAINER_KW,
+    )  # fmt: skip
+    trainer.fit(FixedModel())
+    hashes = {(tmp_path / f"rank{r}.txt").read_text() for r in range(2)}
+    assert len(hashes) == 1
+
+
+def test_ema_logs_decay(tmp_path: Path) -> None:
+    seed_everything(0)
+    logger = CSVLogger(tmp_path, name="", version="")
+    trainer = Trainer(
+        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, log_every_n_steps=2,
+        logger=logger, enable_checkpointing=False, callbacks=[EMA(decay=0.9, warmup=True)], **TRAINER_KW,
+    )  # fmt: skip
+    trainer.fit(FixedModel())
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("ema/decay")]
+    # Logged at steps 2, 4, 6 (global_step after the update): decay of updates t = 1, 3, 5.
+    assert [int(row["step"]) for row in rows] == [1, 3, 5]
+    expected = [(1 + t) / (10 + t) for t in (1, 3, 5)]
+    assert [float(row["ema/decay"]) for row in rows] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decay": 1.5}, "`decay`.*\\[0, 1\\].*1.5"),
+        ({"update_every_n_steps": 0}, "`update_every_n_steps`.*>= 1.*0"),
+        ({"update_starting_at_step": -1}, "`update_starting_at_step`.*-1"),
+    ],
+)
+def test_ema_invalid_options(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EMA(**kwargs)
+
+
+def test_ema_lightning_cli() -> None:
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        args=["--trainer.callbacks+=lightning_tricks.callbacks.EMA", "--trainer.callbacks.decay=0.95",
+              "--trainer.callbacks.warmup=true", "--trainer.logger=false"],
+    )  # fmt: skip
+    (ema,) = [c for c in cli.trainer.callbacks if isinstance(c, EMA)]
+    assert ema.decay == 0.95 and ema.warmup is True
