@@ -20,6 +20,13 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_tricks.callbacks._monitoring import (
+    is_logging_step,
+    log_metrics,
+    resolve_every_n_steps,
+    validate_every_n,
+)
+
 ActivationKind = Literal["rectifier", "tanh", "sigmoid", "other"]
 
 DEFAULT_LAYER_TYPES: tuple[str, ...] = (
@@ -147,10 +154,7 @@ class ActivationStats(Callback):
                     f" but got {name!r}."
                 )
             types.append(cls)
-        if log_every_n_steps is not None and (not isinstance(log_every_n_steps, int) or log_every_n_steps < 1):
-            raise ValueError(
-                f"Expected `log_every_n_steps` to be None or an integer >= 1, but got {log_every_n_steps!r}."
-            )
+        validate_every_n("log_every_n_steps", log_every_n_steps)
         if not 0.5 < saturation_threshold < 1.0:
             raise ValueError(
                 f"Expected `saturation_threshold` to be a float in the open interval (0.5, 1),"
@@ -189,13 +193,9 @@ class ActivationStats(Callback):
                 " exclude; nothing will be logged."
             )
 
-    def _interval(self, trainer: pl.Trainer) -> int:
-        return trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
-
     def _is_logging_step(self, trainer: pl.Trainer) -> bool:
-        interval = self._interval(trainer)
-        # Same step count as Lightning's own logging decision (`_LoggerConnector.should_update_logs`).
-        return interval > 0 and (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % interval == 0
+        # Same rule and step count as Lightning's own `self.log` (`_LoggerConnector.should_update_logs`).
+        return is_logging_step(trainer, resolve_every_n_steps(trainer, self.log_every_n_steps))
 
     def _hook(self, name: str, kind: ActivationKind) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -247,9 +247,7 @@ class ActivationStats(Callback):
             elif kind in ("tanh", "sigmoid"):
                 stats[f"activation/{name}/saturation"] = saturation
         self.last_stats = stats
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs this batch under
-        for logger in trainer.loggers:  # loggers write on rank zero only
-            logger.log_metrics(stats, step=step)
+        log_metrics(trainer, stats)  # rank zero, at the step Lightning logs this batch under
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:

@@ -18,6 +18,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks.callbacks._monitoring import log_metrics
+
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values", "data")
 
 
@@ -207,9 +209,7 @@ class InputRangeCheck(Callback):
         # Deliberate host sync, the only one: once, after the last checked batch.
         self.stats = merge_range_stats(gathered.tolist())
         self._acc, self._restored = None, None
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        for logger in trainer.loggers:  # loggers write on rank zero only
-            logger.log_metrics({f"input/{k}": v for k, v in self.stats.items()}, step=step)
+        log_metrics(trainer, {f"input/{k}": v for k, v in self.stats.items()})  # rank zero, current step
         problem = range_problem(self.stats, self.expected, self.tolerance)
         where = f"InputRangeCheck (first {self.checked} training batches)"
         if problem is None:
