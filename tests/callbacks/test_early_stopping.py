@@ -1,0 +1,171 @@
+"""Tests for EarlyStopping: best-weight restoration, start_from_epoch, resume, DDP agreement, options, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from torch.utils.data import DataLoader
+
+from lightning_tricks.callbacks import EarlyStopping
+from lightning_tricks.callbacks.early_stopping import cpu_state_copy, is_improvement
+
+TRAINER_KW: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False, "deterministic": True}
+
+
+class ScheduledMetric(BoringModel):
+    """Logs ``score = schedule[epoch]`` (per rank when ``per_rank`` is given) and remembers each epoch's weights."""
+
+    def __init__(self, schedule: list[float], per_rank: dict[int, list[float]] | None = None) -> None:
+        super().__init__()
+        self.schedule, self.per_rank = schedule, per_rank
+        self.weights_at_epoch: dict[int, torch.Tensor] = {}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(torch.randn(16, 32, generator=torch.Generator().manual_seed(1)), batch_size=4)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(torch.randn(4, 32, generator=torch.Generator().manual_seed(2)), batch_size=4)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_validation_epoch_end(self) -> None:
+        schedule = self.per_rank[self.global_rank] if self.per_rank else self.schedule
+        self.log("score", schedule[self.current_epoch])
+        if not self.trainer.sanity_checking:
+            self.weights_at_epoch[self.current_epoch] = self.layer.weight.detach().clone()
+
+
+def _trainer(tmp_path: Path, callbacks: list, max_epochs: int, **kwargs: Any) -> Trainer:
+    return Trainer(
+        default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
+        num_sanity_val_steps=0, callbacks=callbacks, **TRAINER_KW, **kwargs,
+    )  # fmt: skip
+
+
+def test_improvement_rule_and_cpu_copy() -> None:
+    best = torch.tensor(1.0)
+    assert is_improvement(torch.tensor(0.8), best, 0.1, "min")
+    assert not is_improvement(torch.tensor(0.9), best, 0.1, "min")  # not better by more than min_delta
+    assert is_improvement(torch.tensor(1.2), best, 0.1, "max")
+    assert not is_improvement(torch.tensor(float("nan")), best, 0.0, "min")
+    assert is_improvement(torch.tensor(5.0), torch.tensor(float("inf")), 0.0, "min")
+    layer = torch.nn.BatchNorm1d(3)
+    copy = cpu_state_copy(layer)
+    layer.weight.data.fill_(7.0)
+    assert set(copy) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    assert torch.equal(copy["weight"], torch.ones(3))  # a real copy, not a view
+
+
+def test_restores_best_when_patience_runs_out(tmp_path: Path) -> None:
+    seed_everything(0)
+    model = ScheduledMetric([3.0, 1.0, 2.0, 2.5, 2.7, 2.9])
+    stop = EarlyStopping("score", patience=2, restore_best_weights=True)
+    _trainer(tmp_path, [stop], max_epochs=6).fit(model)
+    assert stop.stopped_epoch == 3 and stop.best_epoch == 1
+    assert torch.equal(model.layer.weight, model.weights_at_epoch[1])
+    assert not torch.equal(model.weights_at_epoch[3], model.weights_at_epoch[1])
+
+
+def test_restores_best_at_max_epochs_and_not_without_option(tmp_path: Path) -> None:
+    for restore in (True, False):
+        seed_everything(0)
+        model = ScheduledMetric([3.0, 1.0, 2.0])
+        stop = EarlyStopping("score", patience=5, restore_best_weights=restore)
+        _trainer(tmp_path, [stop], max_epochs=3).fit(model)
+        assert stop.stopped_epoch == 0  # ended by max_epochs
+        assert torch.equal(model.layer.weight, model.weights_at_epoch[1 if restore else 2])
+
+
+def test_start_from_epoch_ignores_early_checks(tmp_path: Path) -> None:
+    seed_everything(0)
+    # The best score is at epoch 0, but epochs 0 and 1 are ignored: no stop at epoch 2, best is epoch 2.
+    model = ScheduledMetric([0.0, 5.0, 3.0, 4.0, 4.0, 4.0])
+    stop = EarlyStopping("score", patience=2, restore_best_weights=True, start_from_epoch=2)
+    _trainer(tmp_path, [stop], max_epochs=6).fit(model)
+    assert stop.best_epoch == 2 and stop.best_score.item() == 3.0
+    assert stop.stopped_epoch == 4
+    assert torch.equal(model.layer.weight, model.weights_at_epoch[2])
+    # Without start_from_epoch the same schedule stops at epoch 2 and keeps epoch 0.
+    seed_everything(0)
+    model = ScheduledMetric([0.0, 5.0, 3.0, 4.0, 4.0, 4.0])
+    stop = EarlyStopping("score", patience=2, restore_best_weights=True)
+    _trainer(tmp_path, [stop], max_epochs=6).fit(model)
+    assert stop.stopped_epoch == 2 and stop.best_epoch == 0
+
+
+def _fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[ScheduledMetric, EarlyStopping]:
+    seed_everything(0)
+    model = ScheduledMetric([3.0, 1.0, 2.0, 2.5, 2.7, 2.9])
+    stop = EarlyStopping("score", patience=3, restore_best_weights=True)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _trainer(tmp_path, [stop, checkpoint], max_epochs=max_epochs).fit(model, ckpt_path=ckpt_path)
+    return model, stop
+
+
+def test_resume_restores_true_best(tmp_path: Path) -> None:
+    full_model, full_stop = _fit(tmp_path / "full", max_epochs=6)
+    # Resume after epoch 2: the best (epoch 1) happened before the checkpoint and must come back from it.
+    resumed_model, resumed_stop = _fit(tmp_path / "resumed", 6, str(tmp_path / "full/ckpt/epoch=2-step=6.ckpt"))
+    assert full_stop.stopped_epoch == resumed_stop.stopped_epoch == 4
+    assert resumed_stop.best_epoch == 1 and 1 not in resumed_model.weights_at_epoch
+    assert torch.equal(resumed_model.layer.weight, full_model.layer.weight)
+    assert torch.equal(full_model.layer.weight, full_model.weights_at_epoch[1])
+
+
+class _DumpingEarlyStopping(EarlyStopping):
+    """Writes each rank's final weights hash and best epoch to ``folder`` (ddp_spawn does not send them back)."""
+
+    def __init__(self, folder: Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.folder = folder
+
+    def on_train_end(self, trainer: Trainer, pl_module: BoringModel) -> None:
+        super().on_train_end(trainer, pl_module)
+        digest = hashlib.sha256(pl_module.layer.weight.detach().numpy().tobytes()).hexdigest()
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(f"{digest} {self.best_epoch}")
+
+
+def test_ddp_ranks_restore_the_same_weights(tmp_path: Path) -> None:
+    seed_everything(0)
+    # Unsynced metrics that disagree between ranks: rank 0's best is epoch 1, rank 1's would be epoch 2.
+    model = ScheduledMetric([], per_rank={0: [3.0, 1.0, 2.0, 2.0], 1: [3.0, 2.0, 1.0, 2.0]})
+    stop = _DumpingEarlyStopping(tmp_path, "score", patience=5, restore_best_weights=True)
+    trainer = _trainer(tmp_path, [stop], max_epochs=4, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    trainer.fit(model)
+    lines = {(tmp_path / f"rank{r}.txt").read_text() for r in range(2)}
+    assert len(lines) == 1 and lines.pop().endswith(" 1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "avg"}, "`mode`.*'min', 'max'.*'avg'"),
+        ({"patience": -1}, "`patience`.*>= 0.*-1"),
+        ({"start_from_epoch": -2}, "`start_from_epoch`.*>= 0.*-2"),
+        ({"min_delta": -0.1}, "`min_delta`.*>= 0.*-0.1"),
+    ],
+)
+def test_invalid_options(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EarlyStopping("val_loss", **kwargs)
+
+
+def test_lightning_cli() -> None:
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        args=["--trainer.callbacks+=lightning_tricks.callbacks.EarlyStopping", "--trainer.callbacks.monitor=val/loss",
+              "--trainer.callbacks.restore_best_weights=true", "--trainer.callbacks.start_from_epoch=3",
+              "--trainer.logger=false"],
+    )  # fmt: skip
+    (stop,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert stop.monitor == "val/loss" and stop.restore_best_weights and stop.start_from_epoch == 3
