@@ -1,0 +1,245 @@
+"""Tests for WeightInit: each scheme's statistics, activation scale, LSUV, checkpoint precedence, resume, DDP, CLI."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_tricks.callbacks import WeightInit
+from lightning_tricks.callbacks.weight_init import apply_scales_, lsuv_, target_layers
+
+TRAINER_KW: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False, "deterministic": True}
+
+
+class Net(BoringModel):
+    """Linear -> BatchNorm -> ReLU -> Linear on a fixed, unshuffled dataset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 2))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(3 * torch.randn(64, 32, generator=torch.Generator().manual_seed(1)), batch_size=8)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(torch.randn(16, 32, generator=torch.Generator().manual_seed(2)), batch_size=8)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class StartWeights(Callback):
+    """Keeps the weights seen at ``on_train_start`` (place it after WeightInit)."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def _trainer(tmp_path: Path, callbacks: list, max_epochs: int = 1, **kwargs: Any) -> Trainer:
+    return Trainer(
+        default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
+        num_sanity_val_steps=0, callbacks=callbacks, **TRAINER_KW, **kwargs,
+    )  # fmt: skip
+
+
+N_IN, N_OUT = 800, 400
+EXPECTED_STD = {
+    "uniform": 1 / math.sqrt(3 * N_IN),
+    "gaussian": 1 / math.sqrt(N_IN),
+    "lecun_normal": 1 / math.sqrt(N_IN),
+    "xavier_uniform": math.sqrt(2 / (N_IN + N_OUT)),
+    "xavier_normal": math.sqrt(2 / (N_IN + N_OUT)),
+    "kaiming_uniform": math.sqrt(2 / N_IN),
+    "kaiming_normal": math.sqrt(2 / N_IN),
+    "orthogonal": 1 / math.sqrt(N_IN),  # N_OUT orthonormal rows of length N_IN
+    "standard_normal": 1.0,
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(EXPECTED_STD))
+def test_scheme_statistics(scheme: str) -> None:
+    layer = nn.Linear(N_IN, N_OUT)
+    WeightInit(scheme, bias=0.25, seed=0).init_module_(layer)  # type: ignore[arg-type]
+    assert layer.weight.std().item() == pytest.approx(EXPECTED_STD[scheme], rel=0.02)
+    assert layer.weight.mean().abs().item() < 0.05 * EXPECTED_STD[scheme]
+    assert torch.equal(layer.bias, torch.full((N_OUT,), 0.25))
+    if scheme == "uniform":
+        assert layer.weight.abs().max().item() <= 1 / math.sqrt(N_IN)
+    if scheme == "lecun_normal":
+        assert layer.weight.abs().max().item() <= 2 / math.sqrt(N_IN) / 0.8796 + 1e-6
+    if scheme == "orthogonal":
+        torch.testing.assert_close(layer.weight @ layer.weight.T, torch.eye(N_OUT), atol=1e-4, rtol=0)
+
+
+def test_conv_fan_in_selection_and_norm_layers() -> None:
+    model = nn.Sequential(nn.Conv2d(16, 64, 3), nn.BatchNorm2d(64), nn.Conv2d(64, 64, 3), nn.Linear(64, 8))
+    bn_before = copy.deepcopy(model[1].state_dict())
+    head_before = model[3].weight.detach().clone()
+    WeightInit("kaiming_normal", include=["0", "2", "3"], exclude=["3"], seed=1).init_module_(model)
+    assert model[2].weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.03)
+    assert model[0].weight.std().item() == pytest.approx(math.sqrt(2 / (16 * 9)), rel=0.03)
+    assert all(torch.equal(v, bn_before[k]) for k, v in model[1].state_dict().items())  # normalization untouched
+    assert torch.equal(model[3].weight, head_before)  # excluded
+    assert [name for name, _ in target_layers(model, exclude=["[02]"])] == ["3"]
+
+
+def _deep_mlp(scheme: str, depth: int = 12, width: int = 512) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*layers)
+    WeightInit(scheme, seed=0).init_module_(model)  # type: ignore[arg-type]
+    return model
+
+
+@torch.no_grad()
+def test_standard_normal_blows_up_kaiming_and_xavier_do_not() -> None:
+    x = torch.randn(64, 512, generator=torch.Generator().manual_seed(0))
+    scale = {
+        scheme: _deep_mlp(scheme)(x).std().item() for scheme in ("standard_normal", "kaiming_normal", "xavier_normal")
+    }
+    assert scale["standard_normal"] > 1e12  # grows like sqrt(width / 2) per layer
+    assert 0.2 < scale["kaiming_normal"] < 5.0  # variance preserved through ReLU
+    assert 1e-3 < scale["xavier_normal"] < 1.0  # halves the variance per ReLU layer, no explosion
+
+
+@torch.no_grad()
+def test_lsuv_unit_variance_per_layer_and_reproducible_scales() -> None:
+    model = nn.Sequential(nn.Linear(32, 128), nn.Tanh(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    WeightInit("lsuv", seed=0).init_module_(model)  # orthogonal start
+    replica = copy.deepcopy(model)
+    x = 5 * torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
+    layers = target_layers(model)
+    scales = lsuv_(model, x, layers, tolerance=0.05, max_iters=20)
+    assert set(scales) == {"0", "2", "4"} and any(abs(s - 1) > 0.1 for s in scales.values())
+    outputs: dict[nn.Module, torch.Tensor] = {}
+    handles = [layer.register_forward_hook(lambda m, a, out: outputs.setdefault(m, out)) for _, layer in layers]
+    model(x)
+    for handle in handles:
+        handle.remove()
+    for _, layer in layers:
+        assert abs(outputs[layer].var().item() - 1.0) <= 0.05
+    apply_scales_(target_layers(replica), scales)
+    for a, b in zip(model.parameters(), replica.parameters(), strict=True):
+        assert torch.equal(a, b)  # other ranks reproduce rank 0's weights bit for bit
+
+
+def test_trainer_setup_init_seeded_and_lsuv_on_first_batch(tmp_path: Path) -> None:
+    starts = []
+    for seed in (3, 3, 4):
+        seed_everything(0)
+        model, probe = Net(), StartWeights()
+        _trainer(tmp_path, [WeightInit("kaiming_uniform", bias=0.1, seed=seed), probe]).fit(model)
+        starts.append(probe.weights)
+        assert torch.equal(probe.weights["layer.1.weight"], torch.ones(64))  # BatchNorm untouched
+        assert torch.equal(probe.weights["layer.0.bias"], torch.full((64,), 0.1))
+    assert torch.equal(starts[0]["layer.0.weight"], starts[1]["layer.0.weight"])
+    assert not torch.equal(starts[0]["layer.0.weight"], starts[2]["layer.0.weight"])
+
+    seed_everything(0)
+    model, probe = Net(), StartWeights()
+    _trainer(tmp_path, [WeightInit("lsuv", seed=0, lsuv_tolerance=0.05), probe]).fit(model)
+    net = Net()
+    net.load_state_dict(probe.weights)
+    net.eval()
+    first_batch = next(iter(net.train_dataloader()))
+    with torch.no_grad():
+        assert abs(net.layer[0](first_batch).var().item() - 1) <= 0.05
+        hidden = net.layer[2](net.layer[1](net.layer[0](first_batch)))
+        assert abs(net.layer[3](hidden).var().item() - 1) <= 0.05
+
+
+def test_checkpoint_weights_win_on_resume_and_fine_tune(tmp_path: Path) -> None:
+    seed_everything(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _trainer(tmp_path, [WeightInit("xavier_uniform", seed=0), checkpoint]).fit(Net())
+    ckpt_path = str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
+    saved = torch.load(ckpt_path, weights_only=False)["state_dict"]
+    for scheme, max_epochs in (("xavier_uniform", 2), ("standard_normal", 3), ("lsuv", 3)):
+        probe = StartWeights()  # resume with the same callback, then "fine-tune" with other schemes and epochs
+        _trainer(tmp_path, [WeightInit(scheme, seed=5), probe], max_epochs=max_epochs).fit(Net(), ckpt_path=ckpt_path)  # type: ignore[arg-type]
+        for name, value in saved.items():
+            assert torch.equal(probe.weights[name], value), (scheme, name)
+
+
+def _fit(tmp_path: Path, ckpt_path: str | None = None) -> Net:
+    seed_everything(0)
+    model = Net()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    _trainer(tmp_path, [WeightInit("orthogonal", seed=2), checkpoint], max_epochs=3).fit(model, ckpt_path=ckpt_path)
+    return model
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    full = _fit(tmp_path / "full")
+    resumed = _fit(tmp_path / "resumed", str(tmp_path / "full" / "ckpt" / "epoch=0-step=2.ckpt"))
+    for name, value in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+class _RankProbe(Callback):
+    """Seeds each rank differently before WeightInit and hashes the weights after setup and at train start."""
+
+    def __init__(self, folder: Path, stage: str) -> None:
+        self.folder, self.stage = folder, stage
+
+    def _dump(self, trainer: Trainer, pl_module: LightningModule, when: str) -> None:
+        data = b"".join(v.detach().cpu().numpy().tobytes() for v in pl_module.state_dict().values())
+        (self.folder / f"{when}{trainer.global_rank}.txt").write_text(hashlib.sha256(data).hexdigest())
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.stage == "before":
+            torch.manual_seed(100 + trainer.global_rank)
+        else:
+            self._dump(trainer, pl_module, "setup")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.stage == "after":
+            self._dump(trainer, pl_module, "start")
+
+
+def test_ddp_lsuv_leaves_identical_weights(tmp_path: Path) -> None:
+    callbacks = [_RankProbe(tmp_path, "before"), WeightInit("lsuv"), _RankProbe(tmp_path, "after")]
+    trainer = _trainer(tmp_path, callbacks, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    trainer.fit(Net())
+    read = lambda when: {(tmp_path / f"{when}{r}.txt").read_text() for r in range(2)}  # noqa: E731
+    assert len(read("setup")) == 2  # each rank drew its own init (and saw its own batch shard) ...
+    assert len(read("start")) == 1  # ... yet DDP's broadcast + the broadcast LSUV scales make them identical
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scheme": "he"}, "`scheme`.*xavier_uniform.*'he'"),
+        ({"nonlinearity": "gelu"}, "`nonlinearity`.*relu.*'gelu'"),
+        ({"fan_mode": "avg"}, "`fan_mode`.*fan_in.*'avg'"),
+        ({"lsuv_tolerance": 0.0}, "`lsuv_tolerance`.*> 0.*0.0"),
+        ({"lsuv_max_iters": 0}, "`lsuv_max_iters`.*>= 1.*0"),
+    ],
+)
+def test_invalid_options(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        WeightInit(**kwargs)
+
+
+def test_lightning_cli() -> None:
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        args=["--trainer.callbacks+=lightning_tricks.callbacks.WeightInit", "--trainer.callbacks.scheme=lsuv",
+              "--trainer.callbacks.exclude=[head]", "--trainer.callbacks.seed=1", "--trainer.logger=false"],
+    )  # fmt: skip
+    (init,) = [c for c in cli.trainer.callbacks if isinstance(c, WeightInit)]
+    assert init.scheme == "lsuv" and init.exclude == ["head"] and init.seed == 1
