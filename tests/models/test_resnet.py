@@ -1,0 +1,94 @@
+"""Tests of ``ResNetClassifier``: layout, shapes, zero-init residual, options, LightningCLI, a Trainer run."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models.resnet import BasicBlock
+
+from lightning_tricks.models import ResNetClassifier
+
+
+def test_default_is_the_resnet18_layout() -> None:
+    model = ResNetClassifier()
+    blocks = [m for m in model.net if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8
+    assert [b.conv1.out_channels for b in blocks] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert [b.stride for b in blocks] == [1, 1, 2, 1, 2, 1, 2, 1]
+    stem = model.net[0]
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1)  # small-image stem
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    # torchvision's resnet18 has 11.69 M parameters; ours differs only in the 3x3 1-channel stem and 10-class head.
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(11.17e6, rel=0.01)
+
+
+def test_tiny_forward_backward_and_resolution() -> None:
+    model = ResNetClassifier(stages=[1, 1, 1], width=4, dropout=0.1)
+    x = torch.randn(2, 1, 28, 28)
+    features = model.net[:-4](x)  # before pool / flatten / dropout / linear
+    assert features.shape == (2, 16, 7, 7)  # 28 -> 28 -> 14 -> 7
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_zero_init_residual_makes_every_block_start_as_identity_plus_shortcut() -> None:
+    model = ResNetClassifier(stages=[2], width=4, zero_init_residual=True).eval()
+    blocks = [m for m in model.net if isinstance(m, BasicBlock)]
+    assert all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    x = torch.relu(torch.randn(2, 4, 8, 8))  # non-negative, like a block input after ReLU
+    assert torch.allclose(blocks[1](x), x)  # residual branch contributes 0: relu(0 + x) = x
+    plain = ResNetClassifier(stages=[2], width=4)
+    assert all(torch.all(b.bn2.weight == 1) for b in plain.net if isinstance(b, BasicBlock))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"stages": []}, r"`stages`.*\[\]"),
+        ({"stages": [2, 0]}, r"`stages`.*\[2, 0\]"),
+        ({"width": 0}, r"`width`"),
+        ({"dropout": 1.5}, r"`dropout`.*1\.5"),
+        ({"optimizer": "sgdm"}, r"`optimizer`.*'sgdm'"),
+    ],
+)
+def test_invalid_options_raise(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ResNetClassifier(**kwargs)
+
+
+def test_lightning_cli_sees_every_option(tmp_path: Path) -> None:
+    args = ["--model.stages=[1,1]", "--model.width=8", "--model.zero_init_residual=true", "--model.optimizer=nesterov"]
+    cli = LightningCLI(ResNetClassifier, run=False, args=[*args, "--trainer.logger=false"], save_config_callback=None)
+    names = set(inspect.signature(ResNetClassifier).parameters)
+    assert names <= set(cli.config.model.keys())
+    assert cli.model.hparams.stages == [1, 1] and cli.model.hparams.optimizer == "nesterov"
+    assert cli.model.net[0].out_channels == 8
+
+
+def test_trains_a_few_steps_channels_last(tmp_path: Path) -> None:
+    x = torch.randn(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    model = ResNetClassifier(stages=[1, 1], width=4, channels_last=True, optimizer="momentum", lr=0.05)
+    before = model.net[0].weight.detach().clone()
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+    assert model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(before, model.net[0].weight)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
