@@ -1,0 +1,233 @@
+"""WeightNormMonitor: norms before clipping, update ratios, TensorBoard extras, resume, DDP, bf16, sync count."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_tricks.callbacks import WeightNormMonitor
+from lightning_tricks.callbacks._monitoring import group_norms
+from lightning_tricks.callbacks.weight_norm_monitor import update_ratios, weight_grad_norms
+
+FIXED_X = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+
+
+class Recording(BoringModel):
+    """BoringModel on a fixed dataset that records its own gradient norm (before clipping) and weights per step."""
+
+    def __init__(self, out: str | None = None) -> None:
+        super().__init__()
+        self.out = out
+        self.grad_norms: dict[int, float] = {}
+        self.before: dict[int, torch.Tensor] = {}
+        self.ratios: dict[int, float] = {}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(FIXED_X), batch_size=8, shuffle=False)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict:
+        return {"loss": self.loss(self(batch[0]))}
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:  # runs after callbacks' hook, before clipping
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.grad_norms[step] = self.layer.weight.grad.norm().item()
+        self.before[step] = self.layer.weight.detach().clone()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        delta = (self.layer.weight.detach() - self.before[step]).norm()
+        self.ratios[step] = (delta / self.before[step].norm()).item()
+
+    def on_train_end(self) -> None:
+        if self.out is not None:
+            record = {"grad_norms": self.grad_norms, "weight": self.layer.weight.tolist()}
+            Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(record))
+
+
+def _trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> Trainer:
+    opts: dict[str, Any] = dict(
+        max_epochs=1,
+        limit_train_batches=8,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    opts.update(kwargs)
+    return Trainer(**opts)
+
+
+def _csv(logger: CSVLogger) -> dict[str, dict[int, float]]:
+    series: dict[str, dict[int, float]] = {}
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key != "step" and value != "":
+                    series.setdefault(key, {})[int(row["step"])] = float(value)
+    return series
+
+
+def test_norm_maths_on_hand_computed_tensors() -> None:
+    params = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])]
+    grads = [torch.tensor([0.0, 2.0]), torch.tensor([[1.0, 1.0], [1.0, 1.0]])]
+    w, g, total = weight_grad_norms(params, grads)
+    assert w.tolist() == [5.0, 1.0] and g.tolist() == [2.0, 2.0]
+    assert total.item() == pytest.approx(math.sqrt(8.0))
+    after = [torch.tensor([3.0, 4.5]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])]
+    update_norms, ratios = update_ratios(params, after)
+    assert update_norms.tolist() == [0.5, 2.0]
+    assert ratios.tolist() == pytest.approx([0.1, 2.0])
+    assert group_norms(torch.tensor([3.0, 12.0, 4.0]), [[0, 2], [1]]).tolist() == [5.0, 12.0]
+
+
+def test_logs_norms_before_clipping_ratios_histograms_and_layout(tmp_path: Path) -> None:
+    seed_everything(0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    model = Recording()
+    cb = WeightNormMonitor(log_every_n_steps=2, per_layer=True, histogram_every_n_epochs=1)
+    _trainer(tmp_path, [cb], logger=logger, gradient_clip_val=1e-3, max_epochs=2, limit_train_batches=4).fit(model)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    per_param = {
+        f"{kind}/layer.{p}" for kind in ("weight_norm", "grad_norm", "update_ratio") for p in ("weight", "bias")
+    }
+    per_layer = {"weight_norm/layer", "grad_norm/layer", "update_ratio/layer"}
+    assert per_param | per_layer | {"grad_norm/total"} <= set(tags["scalars"])
+    logged = {e.step: e.value for e in acc.Scalars("grad_norm/layer.weight")}
+    assert sorted(logged) == [1, 3, 5, 7]
+    for step, value in logged.items():
+        assert value == pytest.approx(model.grad_norms[step], rel=1e-5)  # the norm BEFORE clipping
+        assert value > 1e-2  # clipping to 1e-3 happened after it was read
+    ratios = {e.step: e.value for e in acc.Scalars("update_ratio/layer.weight")}
+    assert all(ratios[s] == pytest.approx(model.ratios[s], rel=1e-4) for s in ratios)
+    assert all(0 < r < 1e-2 for r in ratios.values())
+    # two epochs -> histograms of weights and gradients written twice
+    assert len(acc.Histograms("weight_hist/layer.weight")) == 2 and len(acc.Histograms("grad_hist/layer.bias")) == 2
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["gradient norm (before clipping)"] == ["grad_norm/.*"]
+
+
+def test_other_loggers_skip_tensorboard_extras(tmp_path: Path) -> None:
+    seed_everything(0)
+    logger = CSVLogger(tmp_path)
+    _trainer(tmp_path, [WeightNormMonitor(log_every_n_steps=4)], logger=logger).fit(Recording())
+    series = _csv(logger)
+    assert set(series["grad_norm/total"]) == {3, 7}
+    assert "weight_norm/layer" not in series  # per_layer is off by default
+    assert not list(Path(logger.log_dir).glob("events.out.tfevents*"))
+
+
+def _run(tmp_path: Path, ckpt_path: str | None) -> tuple[Recording, dict[str, dict[int, float]]]:
+    seed_everything(0)
+    model = Recording()
+    logger = CSVLogger(tmp_path, name="csv")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    cb = WeightNormMonitor(log_every_n_steps=3, per_layer=True)
+    _trainer(tmp_path, [cb, ckpt], logger=logger, max_epochs=3, limit_train_batches=4).fit(model, ckpt_path=ckpt_path)
+    return model, _csv(logger)
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    full_model, full = _run(tmp_path / "a", None)
+    mid = next((tmp_path / "a" / "ckpt").glob("epoch=0-*.ckpt"))
+    resumed_model, resumed = _run(tmp_path / "b", str(mid))
+    assert torch.equal(full_model.layer.weight, resumed_model.layer.weight)
+    assert set(resumed["grad_norm/total"]) == {5, 8, 11}  # same logging steps after the restart
+    for key, values in resumed.items():
+        if "/" in key:
+            assert values == {s: full[key][s] for s in values}, key
+
+
+def test_ddp_logs_the_all_reduced_gradient(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, version=0)  # fixed: the spawned rank 0 writes it
+    model = Recording(out=str(tmp_path))
+    cb = WeightNormMonitor(log_every_n_steps=2)
+    _trainer(tmp_path, [cb], logger=logger, accelerator="cpu", devices=2, strategy="ddp_spawn").fit(model)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the gradient the monitor reads is the all-reduced one: same on both ranks
+    logged = _csv(logger)["grad_norm/layer.weight"]
+    assert set(logged) == {1, 3}  # 64 samples / 2 ranks / batch 8 = 4 steps
+    assert all(v == pytest.approx(ranks[0]["grad_norms"][str(s)], rel=1e-5) for s, v in logged.items())
+
+
+def test_bf16_mixed(tmp_path: Path) -> None:
+    seed_everything(0)
+    logger = CSVLogger(tmp_path)
+    model = Recording()
+    _trainer(tmp_path, [WeightNormMonitor(log_every_n_steps=2)], logger=logger, precision="bf16-mixed").fit(model)
+    logged = _csv(logger)["grad_norm/layer.weight"]
+    assert set(logged) == {1, 3, 5, 7}
+    assert all(v == pytest.approx(model.grad_norms[s], rel=1e-5) for s, v in logged.items())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"log_every_n_steps": 0}, "`log_every_n_steps`"),
+        ({"histogram_every_n_epochs": -1}, "`histogram_every_n_epochs`"),
+        ({"per_layer": "yes"}, "`per_layer`"),
+    ],
+)
+def test_invalid_options(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        WeightNormMonitor(**kwargs)
+
+
+def test_lightning_cli_builds_it(tmp_path: Path) -> None:
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        args=[
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks+=WeightNormMonitor",
+            "--trainer.callbacks.per_layer=true",
+            "--trainer.callbacks.histogram_every_n_epochs=null",
+        ],
+    )
+    cb = next(c for c in cli.trainer.callbacks if isinstance(c, WeightNormMonitor))
+    assert cb.per_layer is True and cb.histogram_every_n_epochs is None
+
+
+def test_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count host reads of tensors made inside the callback's hooks (a CPU stand-in for CUDA sync debug mode)."""
+    state = {"inside": False, "reads": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *a: Any, _orig: Any = original, **k: Any) -> Any:
+            state["reads"] += state["inside"]
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cb = WeightNormMonitor(log_every_n_steps=4, histogram_every_n_epochs=None)
+    for hook_name in ("on_before_optimizer_step", "on_train_batch_end"):
+        hook = getattr(cb, hook_name)
+
+        def wrapped(*args: Any, _hook: Any = hook) -> None:
+            state["inside"] = True
+            try:
+                _hook(*args)
+            finally:
+                state["inside"] = False
+
+        setattr(cb, hook_name, wrapped)
+    seed_everything(0)
+    _trainer(tmp_path, [cb], logger=CSVLogger(tmp_path)).fit(BoringModel())
+    assert state["reads"] == 2  # 8 steps, logging at steps 4 and 8: one transfer each
