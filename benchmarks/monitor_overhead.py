@@ -1,0 +1,246 @@
+"""Per-step overhead of the four monitoring callbacks at their default intervals, measured side by side.
+
+Monitors: ``WeightNormMonitor``, ``GradientHealth``, ``ActivationStats``, ``InputRangeCheck`` (each one missing from
+``lightning_tricks.callbacks`` is skipped with a note). Settings:
+
+- ``cpu-mlp``: a 784-256-256-10 ReLU MLP, batch 128, fp32 on the CPU. Target: on / off <= 1.05.
+- ``gpu-resnet18``: torchvision ResNet-18 adapted to 1x28x28 inputs (3x3 stem, no max-pool), batch 256,
+  ``bf16-mixed``, on the GPU when one is present. Target: on / off <= 1.01.
+
+Method: for each setting, ``--repeats`` rounds in which every configuration (monitors off, all on, and with
+``--per-monitor`` each one alone) is fitted once, the order rotating per round so drift hits all; batches are
+pre-built on the device (no data loading in the timing), with a TensorBoard logger and Lightning's default
+``log_every_n_steps=50``. A timing callback placed FIRST starts the clock in ``on_train_batch_start`` and one placed
+LAST stops it in ``on_train_batch_end``, so every monitor hook of the step is inside the window
+(``torch.cuda.synchronize`` on both ends, on the GPU only). On the CPU the clock is, by default, the process CPU
+time (``time.process_time``): it ignores the time this process waits for a core, which makes the ratio readable on
+a shared machine (``--cpu-clock wall`` measures wall time). The first ``--warmup`` steps of each fit are dropped.
+Two ratios are reported: of the median step time over all timed steps (the typical, non-logging step) and of the
+mean step time (amortized: includes the logging steps and InputRangeCheck's one sync; the median over the repeats
+of each fit's mean). The target applies to the mean ratio.
+
+Usage: ``python benchmarks/monitor_overhead.py [--steps 200] [--repeats 5] [--threads 1] [--per-monitor]
+[--settings cpu-mlp gpu-resnet18]``. ``--per-monitor`` adds one row per monitor alone. Prints one JSON line and a
+markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+MONITORS = ("WeightNormMonitor", "GradientHealth", "ActivationStats", "InputRangeCheck")
+TARGETS = {"cpu-mlp": 1.05, "gpu-resnet18": 1.01}
+
+
+def available_monitors() -> tuple[list[type[pl.Callback]], list[str]]:
+    """The monitor classes that exist now, and a note for each one that does not."""
+    package = importlib.import_module("lightning_tricks.callbacks")
+    found, notes = [], []
+    for name in MONITORS:
+        try:
+            found.append(getattr(package, name))
+        except (ImportError, AttributeError) as err:
+            notes.append(f"{name} skipped: not available ({type(err).__name__}: {err})")
+    return found, notes
+
+
+class _Net(pl.LightningModule):
+    def __init__(self, net: nn.Module, lr: float = 0.01) -> None:
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+
+
+def resnet18() -> nn.Module:
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class _Clock:
+    """Per-step times: ``start`` goes first in the callback list, ``stop`` last."""
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
+        self.cuda = device.type == "cuda"
+        now = time.perf_counter if clock == "wall" else time.process_time
+        self.times: list[float] = []
+        self._t0 = 0.0
+        clock = self
+
+        class Start(pl.Callback):
+            def on_train_batch_start(self, *args: Any) -> None:
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                clock._t0 = now()
+
+        class Stop(pl.Callback):
+            def on_train_batch_end(self, *args: Any) -> None:
+                if clock.cuda:
+                    torch.cuda.synchronize()
+                clock.times.append(now() - clock._t0)
+
+        self.start, self.stop = Start(), Stop()
+
+
+class _Batches:
+    """An iterable of ready batches (Lightning would read a plain list as a collection of loaders)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Any:
+        return (self.batches[i % len(self.batches)] for i in range(self.steps))
+
+
+def time_fit(
+    setting: str, monitors: list[type[pl.Callback]], steps: int, device: torch.device, seed: int, clock: str = "wall"
+) -> list[float]:
+    """Per-step seconds of one fit of ``setting`` with the given monitors (default options) on."""
+    pl.seed_everything(seed, verbose=False)
+    if setting == "cpu-mlp":
+        model, batch, precision = mlp(), 128, "32-true"
+    else:
+        model, batch, precision = resnet18().to(memory_format=torch.channels_last), 256, "bf16-mixed"
+    gen = torch.Generator().manual_seed(seed)
+    batches = [
+        (
+            (torch.rand(batch, 1, 28, 28, generator=gen) * 2 - 1).to(device),  # in [-1, 1], InputRangeCheck's default
+            torch.randint(0, 10, (batch,), generator=gen).to(device),
+        )
+        for _ in range(8)
+    ]
+    loader = _Batches(batches, steps)
+    timer = _Clock(device, clock)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = pl.Trainer(
+            accelerator=device.type,
+            devices=1,
+            precision=precision,
+            max_epochs=1,
+            max_steps=steps,
+            logger=TensorBoardLogger(root),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer.start, *(cls() for cls in monitors), timer.stop],
+        )
+        trainer.fit(_Net(model), train_dataloaders=loader)
+    return timer.times
+
+
+def measure(
+    setting: str, configs: dict[str, list[type[pl.Callback]]], steps: int, repeats: int, warmup: int, clock: str
+) -> list[dict[str, Any]]:
+    """Time every configuration (``"off"`` = no monitor) ``repeats`` times, interleaved, rotating the order."""
+    device = torch.device("cuda" if setting.startswith("gpu") else "cpu")
+    names = list(configs)
+    runs: dict[str, list[list[float]]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runs[name].append(time_fit(setting, configs[name], steps, device, seed=r, clock=clock)[warmup:])
+    pooled = {m: statistics.median(t for run in runs[m] for t in run) for m in runs}
+    mean = {m: statistics.median(statistics.fmean(t) for t in runs[m]) for m in runs}
+    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return [
+        {
+            "setting": setting,
+            "monitors": name,
+            "hardware": hardware,
+            "clock": clock,
+            "steps_timed": steps - warmup,
+            "repeats": repeats,
+            "off_median_ms": 1e3 * pooled["off"],
+            "on_median_ms": 1e3 * pooled[name],
+            "off_mean_ms": 1e3 * mean["off"],
+            "on_mean_ms": 1e3 * mean[name],
+            "ratio_median": pooled[name] / pooled["off"],
+            "ratio_mean": mean[name] / mean["off"],
+            "target": TARGETS[setting],
+        }
+        for name in names
+        if name != "off"
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--settings", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
+    parser.add_argument(
+        "--cpu-clock",
+        choices=("process", "wall"),
+        default="process",
+        help="CPU settings: process CPU time (robust on a shared machine; counts every thread of this process) or wall",
+    )
+    parser.add_argument("--per-monitor", action="store_true", help="also time each monitor alone")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    monitors, notes = available_monitors()
+    configs: dict[str, list[type[pl.Callback]]] = {"off": [], "all": monitors}
+    if args.per_monitor:
+        configs.update({cls.__name__: [cls] for cls in monitors})
+    results = []
+    for setting in args.settings:
+        if setting.startswith("gpu") and not torch.cuda.is_available():
+            notes.append(f"{setting} skipped: no CUDA GPU")
+            continue
+        clock = "wall" if setting.startswith("gpu") else args.cpu_clock
+        results += measure(setting, configs, args.steps, args.repeats, args.warmup, clock)
+    print(json.dumps({"monitors": [m.__name__ for m in monitors], "notes": notes, "results": results}))
+    print()
+    print("| setting | monitors on | hardware, clock | off ms/step (median / mean) | on ms/step (median / mean)"
+          " | ratio median | ratio mean | target |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        verdict = "ok" if r["ratio_mean"] <= r["target"] else "over"
+        print(
+            f"| {r['setting']} | {r['monitors']} | {r['hardware']}, {r['clock']}"
+            f" | {r['off_median_ms']:.3f} / {r['off_mean_ms']:.3f}"
+            f" | {r['on_median_ms']:.3f} / {r['on_mean_ms']:.3f} | {r['ratio_median']:.3f} | {r['ratio_mean']:.3f}"
+            f" | <= {r['target']} ({verdict}) |"
+        )
+    for note in notes:
+        print(f"Note: {note}")
+
+
+if __name__ == "__main__":
+    main()
