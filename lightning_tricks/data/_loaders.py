@@ -282,7 +282,8 @@ class DeviceLoader(_ResumableMixin):
         self.images = images
         self.labels = labels
         self.batch_size = batch_size
-        self.sampler = sampler
+        self.sampler = sampler  # Lightning calls ``sampler.set_epoch`` at every epoch start
+        self.batch_sampler = None  # Lightning's ``_is_dataloader_shuffled`` reads it whenever ``sampler`` exists
         self.normalize = normalize
         self.augment = augment
         self.drop_last = drop_last

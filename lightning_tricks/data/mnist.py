@@ -322,6 +322,12 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     resumes with exactly the remaining batches, same order and augmentation. Validation/test loaders keep every sample
     in order (under DDP Lightning's sampler, or in ``on_device`` mode the same padding rule, pads the shards).
 
+    **Hooks and cost.** ``prepare_data`` finds (or downloads) the files on one process per node; ``setup`` parses
+    them (cached per process) and splits (~0.5 s); the ``*_dataloader`` methods build the loaders. Lightning calls
+    ``train_dataloader().sampler.set_epoch(epoch)`` at every epoch start; outside Lightning call it yourself (the
+    order is otherwise epoch 0's every time). Under DDP the loader state saved by rank 0 is valid on every rank (all
+    ranks run the same number of batches). Logs nothing.
+
     **Device-resident mode** (``on_device=True``): on first use the split is copied to the trainer's
     ``strategy.root_device``; permutation (a device ``torch.Generator``), batch slicing, normalization and
     augmentation run there, with no worker processes and no per-batch host-to-device copies. On CPU it yields exactly
