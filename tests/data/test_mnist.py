@@ -338,7 +338,25 @@ class Recorder(LightningModule):
 def _trainer(tmp_path: Path, **kwargs: object) -> Trainer:
     defaults = {"accelerator": "cpu", "devices": 1, "max_epochs": 3, "logger": False, "enable_progress_bar": False,
                 "enable_model_summary": False, "default_root_dir": tmp_path, "limit_val_batches": 0}  # fmt: skip
-    return Trainer(**{**defaults, **kwargs})
+    return Trainer(**{k: v for k, v in {**defaults, **kwargs}.items() if v is not None})
+
+
+class Evaluator(Recorder):
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", nn.functional.cross_entropy(self.layer(batch[0].flatten(1)), batch[1]))
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return batch[1]
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_validate_and_predict_through_the_trainer(fashion_mnist_dir: Path, tmp_path: Path, on_device: bool) -> None:
+    dm = FashionMNISTDataModule(data_dir=str(fashion_mnist_dir), batch_size=1000, val_size=3000, on_device=on_device)
+    trainer = _trainer(tmp_path, limit_val_batches=None)
+    (result,) = trainer.validate(Evaluator(), datamodule=dm)
+    assert result["val_loss"] > 0 and trainer.num_val_batches == [3]
+    labels = torch.cat(trainer.predict(Evaluator(), datamodule=dm))
+    assert torch.equal(labels, dm.dataset("test").labels)  # every test sample, in order
 
 
 @pytest.mark.parametrize("on_device", [False, True])
