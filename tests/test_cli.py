@@ -19,6 +19,12 @@ from lightning_tricks.cli import cli_main
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI warns when given ``args`` while ``sys.argv`` holds pytest's own arguments."""
+    monkeypatch.setattr(sys, "argv", ["lightning-tricks"])
+
+
 def _tiny_config(tmp_path: Path, data_dir: Path) -> Path:
     """The shipped MLP config shrunk to seconds: a small subset, one short epoch, logs under tmp_path."""
     config = yaml.safe_load((REPO / "examples" / "configs" / "mlp.yaml").read_text())
@@ -75,7 +81,6 @@ def test_cli_adds_package_callbacks_by_class_name(tmp_path, fashion_mnist_dir):
     config = _tiny_config(tmp_path, fashion_mnist_dir)
     cli = cli_main(
         [
-            "fit",
             "--config",
             str(config),
             "--trainer.callbacks+=GradientClipping",
@@ -95,7 +100,7 @@ def test_cli_adds_package_callbacks_by_class_name(tmp_path, fashion_mnist_dir):
 def test_cli_typo_gives_jsonargparse_error(tmp_path, fashion_mnist_dir, capsys):
     config = _tiny_config(tmp_path, fashion_mnist_dir)
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(config), "--model.hiden_sizes", "[8]"], run=False)
+        cli_main(["--config", str(config), "--model.hiden_sizes", "[8]"], run=False)
     assert exit_info.value.code != 0
     assert "hiden_sizes" in capsys.readouterr().err
 
@@ -156,3 +161,13 @@ def test_tensorboard_server_lists_the_runs_scalars(tmp_path, fashion_mnist_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_unwritable_log_dir_fails_at_start_with_a_clear_message(tmp_path, fashion_mnist_dir):
+    config = _tiny_config(tmp_path, fashion_mnist_dir)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log folder should go")  # root can write anywhere, but not under a file
+    with pytest.raises(OSError, match=r"not-a-folder.*--trainer.logger.init_args.save_dir") as error:
+        cli_main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(blocker / "logs")])
+    assert "log directory" in str(error.value)
+    assert not list(tmp_path.rglob("*.ckpt")), "nothing was trained before the failure"
