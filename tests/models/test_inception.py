@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,8 @@ def test_invalid_options_raise(kwargs: dict, match: str) -> None:
         InceptionClassifier(**kwargs)
 
 
-def test_lightning_cli_sees_every_option_and_trains(tmp_path: Path) -> None:
+def test_lightning_cli_sees_every_option_and_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lightning-tricks"])  # LightningCLI must read only `args`
     args = ["--model.stages=[1]", "--model.width=2", "--model.stem_channels=4", "--model.factorize_5x5=false"]
     trainer_args = [f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=2"]
     cli = LightningCLI(InceptionClassifier, run=False, args=args + trainer_args, save_config_callback=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,8 @@ def test_input_size_mismatch_is_a_clear_error() -> None:
         model.training_step((torch.zeros(2, 1, 5, 5), torch.tensor([0, 1])), 0)
 
 
-def test_lightning_cli_sees_and_sets_every_option(tmp_path: Path) -> None:
+def test_lightning_cli_sees_and_sets_every_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lightning-tricks"])  # LightningCLI must read only `args`
     args = [
         "--model.optimizer=sgd",
         "--model.hidden_sizes=[512,256]",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,8 @@ def test_invalid_options_raise(kwargs: dict, match: str) -> None:
         ResNetClassifier(**kwargs)
 
 
-def test_lightning_cli_sees_every_option(tmp_path: Path) -> None:
+def test_lightning_cli_sees_every_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lightning-tricks"])  # LightningCLI must read only `args`
     args = ["--model.stages=[1,1]", "--model.width=8", "--model.zero_init_residual=true", "--model.optimizer=nesterov"]
     cli = LightningCLI(ResNetClassifier, run=False, args=[*args, "--trainer.logger=false"], save_config_callback=None)
     names = set(inspect.signature(ResNetClassifier).parameters)
