@@ -311,7 +311,7 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
 
     **Augmentation** (``augment=True``, training set only): random crop after ``crop_padding`` pixels of black
     padding, and a horizontal flip with probability 1/2 (``hflip``), done on the whole batch with one gather (about
-    1 ms for 128 images on one CPU core). Randomness of batch ``b`` of epoch ``e`` on rank ``r`` is seeded by
+    0.3-0.5 ms for 128 images on one CPU core). Randomness of batch ``b`` of epoch ``e`` on rank ``r`` is seeded by
     ``(seed, e, r, b)``. Normal mode augments in the main process after the workers' fetch; ``on_device`` on the device.
 
     **Shuffling, sharding and resuming.** Each epoch's order is a permutation seeded by ``(seed, epoch)`` (never the
