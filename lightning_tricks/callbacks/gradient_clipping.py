@@ -226,7 +226,11 @@ class GradientClipping(Callback):
                 clipped = (max_abs > self.threshold).float()
             else:
                 kept = [p for p in params if id(p) not in self._skip]
-                clipped = adaptive_clip_grad_(kept, self.threshold, self.agc_eps, self.norm_type).to(grads[0].device)
+                clipped = (
+                    adaptive_clip_grad_(kept, self.threshold, self.agc_eps, self.norm_type)
+                    if kept
+                    else grads[0].new_zeros((), dtype=torch.float32)
+                )
         self._num_steps += 1
         self._steps_since_log += 1
         self._clipped_sum = clipped if self._clipped_sum is None else self._clipped_sum.to(clipped.device) + clipped

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -148,6 +151,68 @@ def test_auto_mode_uses_percentile_of_history(tmp_path: Path) -> None:
     # the last step was clipped to the median of the last three pre-clip norms, or kept if below it
     last_norm = model.post_clip[-1].norm().item()
     assert last_norm <= history.median().item() * (1 + 1e-4)
+
+
+@contextmanager
+def no_host_sync(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail on any device-to-host copy: CUDA's sync debug mode on a GPU; on CPU, the Tensor methods that copy a value
+    to Python (``item``, ``tolist``, ``__bool__``, ``__float__``, ``__int__``, ``cpu``, ``numpy``) raise."""
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync on a step that does not log")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+            m.setattr(torch.Tensor, name, sync)
+        yield
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["norm", "value", "agc", "auto"])
+def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)).to(device)
+    x = torch.randn(4, 8, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SimpleNamespace(loggers=[object()], _logger_connector=SimpleNamespace(should_update_logs=False))
+    clip = GradientClipping(mode=mode, threshold=1e-3, percentile=50, history_size=8)
+    clip.setup(SimpleNamespace(gradient_clip_val=None), model, "fit")
+    with no_host_sync(torch.device(device), monkeypatch):
+        for i in range(3):
+            optimizer.zero_grad()
+            (model(x).square().sum() * 10**i).backward()  # growing norms: AutoClip clips steps 2 and 3
+            clip.on_before_optimizer_step(trainer, model, optimizer)
+    state = clip.state_dict()
+    assert (state["num_steps"], state["steps_since_log"]) == (3, 3)
+    # θ = 1e-3 clips every step (AGC: every unit of the first layer, the last one is skipped)
+    assert state["clipped_sum"].item() == (2.0 if mode == "auto" else 3.0)
+
+
+def test_manual_optimization(tmp_path: Path) -> None:
+    class Manual(GradRecorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.step(batch))
+            opt.step()
+
+    model = Manual()
+    _trainer(tmp_path, GradientClipping(threshold=1e-2)).fit(model)
+    assert len(model.post_clip) == 4
+    assert all(g.norm().item() == pytest.approx(1e-2, rel=1e-4) for g in model.post_clip)
 
 
 def test_logged_keys(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,6 +120,54 @@ def test_decoupled_with_adam_equals_adamw(tmp_path: Path) -> None:
 def test_warns_if_optimizer_already_decays(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="already has weight_decay=0.01"):
         _fit(tmp_path, Net("sgd", weight_decay=1e-2), [WeightDecay()], max_steps=1)
+
+
+@contextmanager
+def no_host_sync(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail on any device-to-host copy: CUDA's sync debug mode on a GPU; on CPU, the Tensor methods that copy a value
+    to Python (``item``, ``tolist``, ``__bool__``, ``__float__``, ``__int__``, ``cpu``, ``numpy``) raise."""
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync on a step that does not log")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+            m.setattr(torch.Tensor, name, sync)
+        yield
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2)).to(device)
+    model(torch.randn(4, 8, device=device)).square().sum().backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    weights = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    grads = [model[0].weight.grad.clone(), model[2].weight.grad.clone()]
+    bias = model[0].bias.detach().clone()
+    trainer = SimpleNamespace(
+        loggers=[object()], _logger_connector=SimpleNamespace(should_update_logs=False), optimizers=[optimizer]
+    )
+    decay = WeightDecay(0.1, mode=mode)
+    decay.on_fit_start(trainer, model)
+    with no_host_sync(torch.device(device), monkeypatch):
+        decay.on_before_optimizer_step(trainer, model, optimizer)
+    for layer, w, g in zip((model[0], model[2]), weights, grads, strict=True):
+        if mode == "l2":
+            torch.testing.assert_close(layer.weight.grad, g + 0.1 * w)
+        else:
+            torch.testing.assert_close(layer.weight.detach(), w * (1 - 0.5 * 0.1))
+    torch.testing.assert_close(model[0].bias.detach(), bias)  # biases excluded
 
 
 def test_logged_keys(tmp_path: Path) -> None:
