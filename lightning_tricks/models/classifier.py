@@ -224,8 +224,8 @@ class Classifier(LightningModule):
             params.update(datamodule.hparams_initial)
         if self._log_hyperparams:
             params.update(self.hparams_initial)
-        params.pop("_class_path", None)  # LightningCLI's internal hparam, left out like Lightning does
-        params = {key: _tensorboard_value(value) for key, value in params.items()}
+        # Leave out LightningCLI's internal entries (`_class_path`, `_instantiator`), as Lightning does for the first.
+        params = {key: _tensorboard_value(value) for key, value in params.items() if not key.startswith("_")}
         # The metric values are not written here (no placeholder points in the curves): TensorBoard reads the last
         # scalar of each listed key from the run when the HPARAMS tab is opened.
         experiment, session_start, session_end = hparams(params, dict.fromkeys(HPARAMS_METRICS, 0.0))
