@@ -107,6 +107,7 @@ class GradientClipping(Callback):
     - ``"auto"``: AutoClip: the norm threshold is the ``percentile``-th percentile of all total gradient norms seen so
       far (including the current one), kept in a ``history_size`` ring buffer on the device; ``threshold`` is unused.
       Adds a ``nanquantile`` over the buffer per step. The buffer is training state, saved in the checkpoint.
+      Non-finite norms (steps a ``16-mixed`` GradScaler skips) are not recorded.
 
     Nothing is copied to the host except once per logging interval (``trainer.log_every_n_steps``).
 

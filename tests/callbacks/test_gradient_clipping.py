@@ -197,6 +197,20 @@ def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypat
     assert state["clipped_sum"].item() == (2.0 if mode == "auto" else 3.0)
 
 
+def test_auto_mode_ignores_non_finite_norms() -> None:
+    """A step with inf gradients (which a 16-mixed GradScaler skips) must not enter AutoClip's history."""
+    w = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    trainer = SimpleNamespace(loggers=[], _logger_connector=SimpleNamespace(should_update_logs=False))
+    clip = GradientClipping(mode="auto", percentile=100, history_size=4)
+    for grad in ([3.0, 4.0], [math.inf, 0.0], [6.0, 8.0]):
+        w.grad = torch.tensor(grad)
+        clip.on_before_optimizer_step(trainer, None, optimizer)
+    history = clip.state_dict()["history"]
+    assert history[0].item() == 5.0 and history[1].isnan() and history[2].item() == 10.0
+    torch.testing.assert_close(w.grad, torch.tensor([6.0, 8.0]))  # 10 <= max(5, 10): kept
+
+
 def test_manual_optimization(tmp_path: Path) -> None:
     class Manual(GradRecorder):
         def __init__(self) -> None:
