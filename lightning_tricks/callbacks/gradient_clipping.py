@@ -207,7 +207,7 @@ class GradientClipping(Callback):
             return
         grads = [p.grad for p in params]
         log = _should_log(trainer)
-        total_norm = torch.zeros(())
+        total_norm: Tensor | None = None  # pre-clip norm; for "value" / "agc" only computed when logging
         threshold: Tensor | float = self.threshold
         if self.mode == "norm":
             total_norm = torch.nn.utils.clip_grad_norm_(params, self.threshold, self.norm_type, foreach=True)
@@ -235,7 +235,7 @@ class GradientClipping(Callback):
         self._num_steps += 1
         self._steps_since_log += 1
         self._clipped_sum = clipped if self._clipped_sum is None else self._clipped_sum.to(clipped.device) + clipped
-        if log:
+        if log and total_norm is not None:
             device = total_norm.device
             values = torch.stack(
                 [
