@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from lightning_tricks._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from lightning_tricks.data.mnist import FashionMNISTDataModule
-    from lightning_tricks.data.mnist import MNISTDataModule
+    from lightning_tricks.data.mnist import FashionMNISTDataModule, MNISTDataModule
 
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,

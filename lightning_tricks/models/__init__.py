@@ -9,10 +9,10 @@ from lightning_tricks._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from lightning_tricks.models.classifier import Classifier
+    from lightning_tricks.models.ensemble import EnsembleClassifier
+    from lightning_tricks.models.inception import InceptionClassifier
     from lightning_tricks.models.mlp import MLPClassifier
     from lightning_tricks.models.resnet import ResNetClassifier
-    from lightning_tricks.models.inception import InceptionClassifier
-    from lightning_tricks.models.ensemble import EnsembleClassifier
 
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
