@@ -16,6 +16,5 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# torch and torchvision first, by exact version where this machine keeps them on disk; elsewhere pip picks a build
-# for the platform from the ranges in pyproject.toml.
+# torch / torchvision come from the ranges in pyproject.toml: pip picks the newest build it may use for the platform.
 .venv/bin/python -m pip install -q -e ".[dev]"
