@@ -15,19 +15,25 @@ What this adds to LightningCLI:
   (``logs/<name>/version_<n>/config.yaml``) so every TensorBoard run says how it was made;
 - ``fit --test_after_fit true`` (the default) evaluates the best checkpoint (or the final weights when there is no
   checkpoint) on the test set after training, prints the test accuracy and the command that opens TensorBoard;
+- ``fit`` saves a checkpoint when the job receives SIGTERM (what cluster schedulers send before killing a job, see
+  :class:`SigtermCheckpoint`) and exits with status 143; ``--ckpt_path last`` resumes from it;
 - the package's callbacks, models and data modules are imported up front, so their short class names resolve.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from lightning_tricks import callbacks as _callbacks
 from lightning_tricks import data as _data
@@ -79,6 +85,48 @@ def check_writable_dirs(trainer: Trainer) -> None:
             ) from err
 
 
+class SigtermCheckpoint(Callback):
+    """Save a checkpoint when training is stopped by SIGTERM, so that ``--ckpt_path last`` resumes from that step.
+
+    Lightning 2.6 (``trainer/connectors/signal_connector.py``) only records a SIGTERM (and, under DDP, broadcasts it
+    from rank 0 and forwards it to the launched ranks); the fit loop then raises ``SIGTERMException`` at the end of
+    the current batch (or validation batch) on every rank, and nothing is saved. This callback saves the full training
+    state in ``on_exception`` when the exception is a ``SIGTERMException``: the weights, the optimizer, every
+    callback's state and the data loaders' positions, exactly as a ``ModelCheckpoint`` would mid-epoch.
+
+    The file is ``last.ckpt`` in the folder of the first ``ModelCheckpoint`` (so ``--ckpt_path last`` picks it as
+    the newest "last" checkpoint; a ``save_last="link"`` symlink is replaced, never written through), or
+    ``<default_root_dir>/last.ckpt`` without one. Cost: nothing until the signal arrives; then one checkpoint write
+    (collective under DDP, every rank calls it). Logs nothing; prints where the checkpoint went.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ModelCheckpoint(dirpath="ckpts", save_last=True), SigtermCheckpoint()])
+        # kill -TERM <pid>  ->  ckpts/last.ckpt;  then: trainer.fit(model, ckpt_path="last")
+    """
+
+    @staticmethod
+    def checkpoint_path(trainer: Trainer) -> str:
+        """Where the checkpoint goes (see the class docstring)."""
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                return os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+        return os.path.join(str(trainer.default_root_dir), "last.ckpt")
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        path = self.checkpoint_path(trainer)
+        if trainer.is_global_zero and os.path.islink(path):
+            os.unlink(path)  # a `save_last="link"` symlink: writing through it would overwrite a top-k checkpoint
+        trainer.save_checkpoint(path)
+        rank_zero_info(
+            f"Received SIGTERM: saved a checkpoint of step {trainer.global_step} to {path}. "
+            f"Resume with `--ckpt_path last` (or `--ckpt_path {path}`)."
+        )
+
+
 class TricksCLI(LightningCLI):
     """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
 
@@ -89,6 +137,13 @@ class TricksCLI(LightningCLI):
             default=True,
             help="After fit, evaluate the best checkpoint on the test set and print its accuracy (fit only).",
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured Trainer, plus a :class:`SigtermCheckpoint` for ``fit``."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit" and not any(isinstance(c, SigtermCheckpoint) for c in trainer.callbacks):
+            trainer.callbacks.append(SigtermCheckpoint())
+        return trainer
 
     def before_fit(self) -> None:
         check_writable_dirs(self.trainer)
@@ -135,8 +190,11 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
 
 
 def main() -> None:
-    """Entry point of the ``lightning-tricks`` console script."""
-    cli_main(sys.argv[1:])
+    """Entry point of the ``lightning-tricks`` console script; exits with status 143 (128 + SIGTERM) after a SIGTERM."""
+    try:
+        cli_main(sys.argv[1:])
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":  # pragma: no cover
