@@ -222,8 +222,8 @@ class WeightInit(Callback):
         lsuv_max_iters: Most rescalings per layer (``>= 1``).
 
     Raises:
-        ValueError: On an unknown ``scheme``, ``nonlinearity`` or ``fan_mode``, ``lsuv_tolerance <= 0`` or
-            ``lsuv_max_iters < 1``.
+        ValueError: On an unknown ``scheme``, ``nonlinearity`` or ``fan_mode``, a non-finite ``bias``, ``gain <= 0``,
+            ``lsuv_tolerance <= 0`` or ``lsuv_max_iters < 1``.
 
     Example::
 
@@ -254,6 +254,10 @@ class WeightInit(Callback):
         ):
             if value not in allowed:
                 raise ValueError(f"Expected argument `{option}` to be one of {allowed}, but got {value!r}.")
+        if not math.isfinite(bias):
+            raise ValueError(f"Expected argument `bias` to be a finite float, but got {bias}.")
+        if not (gain > 0 and math.isfinite(gain)):  # gain 0 zeroes every weight: no symmetry breaking
+            raise ValueError(f"Expected argument `gain` to be a finite float > 0, but got {gain}.")
         if not lsuv_tolerance > 0:
             raise ValueError(f"Expected argument `lsuv_tolerance` to be a float > 0, but got {lsuv_tolerance}.")
         if lsuv_max_iters < 1:
