@@ -81,8 +81,8 @@ class EMA(WeightAveraging):
         use_buffers: Average the buffers too (BatchNorm statistics); if ``False`` they are copied from the module.
 
     Raises:
-        ValueError: If ``decay`` is outside ``[0, 1]``, ``update_every_n_steps < 1`` or
-            ``update_starting_at_step < 0``.
+        ValueError: If ``decay`` is outside ``[0, 1]``, ``update_every_n_steps < 1``,
+            ``update_starting_at_step < 0`` or ``device`` is not a device string.
 
     Example::
 
@@ -113,6 +113,14 @@ class EMA(WeightAveraging):
                 "Expected argument `update_starting_at_step` to be None or an integer >= 0,"
                 f" but got {update_starting_at_step}."
             )
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(
+                    f"Expected argument `device` to be None or a torch device string such as 'cpu' or 'cuda:0',"
+                    f" but got {device!r}."
+                ) from error
         # No averaging function goes to AveragedModel: its `update_parameters` reads `n_averaged` on the host twice
         # per call (a synchronization on GPUs), so the updates are done here with a host-side counter.
         super().__init__(device=device, use_buffers=use_buffers)
