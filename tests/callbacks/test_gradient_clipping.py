@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from _callback_helpers import (
+    DEVICES,
+    TRAIN_ONLY_ON_CPU,
+    callback_from_cli,
+    fixed_loader,
+    metrics_rows,
+    no_host_sync,
+    tiny_trainer,
+)
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
@@ -42,8 +48,7 @@ class GradRecorder(BoringModel):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def train_dataloader(self) -> DataLoader:
-        data = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)) * 10
-        return DataLoader(data, batch_size=8)
+        return fixed_loader(scale=10)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.post_clip.append(torch.cat([p.grad.detach().flatten().clone() for p in self.parameters()]))
@@ -57,22 +62,7 @@ class GradRecorder(BoringModel):
             )
 
 
-def _trainer(tmp_path: Path, callback: GradientClipping, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_train_batches=4,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        callbacks=[callback],
-    )
-    defaults.update(kwargs)
-    return Trainer(**defaults)
+_trainer = partial(tiny_trainer, **TRAIN_ONLY_ON_CPU, limit_train_batches=4)
 
 
 def test_maths_on_hand_computed_tensors() -> None:
@@ -153,30 +143,6 @@ def test_auto_mode_uses_percentile_of_history(tmp_path: Path) -> None:
     assert last_norm <= history.median().item() * (1 + 1e-4)
 
 
-@contextmanager
-def no_host_sync(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail on any device-to-host copy: CUDA's sync debug mode on a GPU; on CPU, the Tensor methods that copy a value
-    to Python (``item``, ``tolist``, ``__bool__``, ``__float__``, ``__int__``, ``cpu``, ``numpy``) raise."""
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return
-
-    def sync(*args, **kwargs):
-        raise AssertionError("host sync on a step that does not log")
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
-            m.setattr(torch.Tensor, name, sync)
-        yield
-
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["norm", "value", "agc", "auto"])
 def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,8 +198,7 @@ def test_manual_optimization(tmp_path: Path) -> None:
 def test_logged_keys(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     _trainer(tmp_path, GradientClipping(threshold=1e-2), logger=logger, log_every_n_steps=2).fit(GradRecorder())
-    with open(Path(logger.log_dir) / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = metrics_rows(logger.log_dir)
     keys = {k for row in rows for k, v in row.items() if v}
     assert {"grad_clip/total_norm", "grad_clip/clipped_fraction", "grad_clip/threshold"} <= keys
     logged = [row for row in rows if row.get("grad_clip/total_norm")]
@@ -249,9 +214,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         seed_everything(0)
         model, clip = GradRecorder(), GradientClipping(mode="auto", percentile=25, history_size=5)
         ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1)
-        _trainer(root, clip, max_epochs=max_epochs, enable_checkpointing=True, callbacks=[clip, ckpt]).fit(
-            model, ckpt_path=ckpt_path
-        )
+        _trainer(root, [clip, ckpt], max_epochs=max_epochs, enable_checkpointing=True).fit(model, ckpt_path=ckpt_path)
         return model, clip
 
     full_model, full_clip = run(tmp_path / "full", 3)
@@ -316,16 +279,14 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    clip = callback_from_cli(
+        GradientClipping,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=GradientClipping",
             "--trainer.callbacks.mode=auto",
             "--trainer.callbacks.percentile=5",
         ],
     )
-    clip = next(c for c in cli.trainer.callbacks if isinstance(c, GradientClipping))
     assert clip.mode == "auto"
     assert clip.percentile == 5.0

@@ -25,12 +25,13 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from _callback_helpers import HOST_SYNC_METHODS, intercept_host_reads, tiny_trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_tricks.callbacks._monitoring import is_logging_step
 
-_SYNCING_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "nonzero", "cpu")
+_SYNCING_METHODS = (*HOST_SYNC_METHODS, "nonzero")
 LOG_EVERY = 5
 MONITORS: list[tuple[str, dict[str, Any]]] = [
     ("WeightNormMonitor", {}),
@@ -123,7 +124,9 @@ class _Net(pl.LightningModule):
 def _fit(tmp_path: Path, which: str, precision: str, device: str, guard: _GuardQuietSteps) -> pl.Trainer:
     callbacks = _build(MONITORS) + (_build(OTHERS) if which == "all" else [])
     assert callbacks, "no package callback could be built"
-    trainer = pl.Trainer(
+    trainer = tiny_trainer(
+        tmp_path,
+        [guard.first, *callbacks, guard.last],
         accelerator=device,
         devices=1,
         precision=precision,
@@ -131,11 +134,7 @@ def _fit(tmp_path: Path, which: str, precision: str, device: str, guard: _GuardQ
         log_every_n_steps=LOG_EVERY,
         logger=CSVLogger(tmp_path),
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[guard.first, *callbacks, guard.last],
-        default_root_dir=tmp_path,
     )
     trainer.fit(_Net(steps=20, device=device))
     assert guard.quiet_steps == 32 and guard.logging_steps == 8  # 40 steps, every 5th logs
@@ -164,19 +163,12 @@ def test_no_sync_calls_on_non_logging_steps_cpu_proxy(
     quiet = {"on": False}
     caught: list[str] = []
 
-    def guarded(name: str) -> Callable[..., Any]:
-        original = getattr(torch.Tensor, name)
+    def refuse_when_quiet(name: str) -> None:
+        if quiet["on"]:
+            caught.append(name)
+            raise RuntimeError(f"host-device sync on a non-logging step: Tensor.{name}")
 
-        def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if quiet["on"]:
-                caught.append(name)
-                raise RuntimeError(f"host-device sync on a non-logging step: Tensor.{name}")
-            return original(self, *args, **kwargs)
-
-        return method
-
-    for name in _SYNCING_METHODS:
-        monkeypatch.setattr(torch.Tensor, name, guarded(name))
+    intercept_host_reads(monkeypatch, refuse_when_quiet, _SYNCING_METHODS)
     guard = _GuardQuietSteps(lambda: quiet.update(on=True), lambda: quiet.update(on=False))
     _fit(tmp_path, which, precision, "cpu", guard)
     assert caught == []

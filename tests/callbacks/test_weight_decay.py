@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from _callback_helpers import (
+    DEVICES,
+    TRAIN_ONLY_ON_CPU,
+    callback_from_cli,
+    fixed_inputs,
+    metrics_rows,
+    no_host_sync,
+    tiny_trainer,
+)
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -42,7 +48,7 @@ class Net(BoringModel):
         return cls(self.parameters(), lr=0.05, weight_decay=self.weight_decay)
 
     def train_dataloader(self) -> DataLoader:
-        data = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+        data = fixed_inputs(64)
         # under DDP (with use_distributed_sampler=False) rank r takes samples r, r + W, ... in order, so that
         # 2 ranks x batch 8 see the same samples per step as 1 process x batch 16
         data = data[self.global_rank :: self.trainer.world_size]
@@ -56,22 +62,11 @@ class Net(BoringModel):
             torch.save(self.layer.state_dict(), Path(self.out) / f"rank{self.global_rank}.pt")
 
 
+_trainer = partial(tiny_trainer, **TRAIN_ONLY_ON_CPU, max_epochs=2, limit_train_batches=3)
+
+
 def _fit(tmp_path: Path, model: Net, callbacks: list, **kwargs) -> Net:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        limit_train_batches=3,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        callbacks=callbacks,
-    )
-    defaults.update(kwargs)
-    Trainer(**defaults).fit(model)
+    _trainer(tmp_path, callbacks, **kwargs).fit(model)
     return model
 
 
@@ -122,30 +117,6 @@ def test_warns_if_optimizer_already_decays(tmp_path: Path) -> None:
         _fit(tmp_path, Net("sgd", weight_decay=1e-2), [WeightDecay()], max_steps=1)
 
 
-@contextmanager
-def no_host_sync(device: torch.device, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail on any device-to-host copy: CUDA's sync debug mode on a GPU; on CPU, the Tensor methods that copy a value
-    to Python (``item``, ``tolist``, ``__bool__``, ``__float__``, ``__int__``, ``cpu``, ``numpy``) raise."""
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return
-
-    def sync(*args, **kwargs):
-        raise AssertionError("host sync on a step that does not log")
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
-            m.setattr(torch.Tensor, name, sync)
-        yield
-
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["l2", "decoupled"])
 def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,8 +144,7 @@ def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypat
 def test_logged_keys(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     model = _fit(tmp_path, Net("sgd"), [WeightDecay(0.1)], logger=logger, log_every_n_steps=2)
-    with open(Path(logger.log_dir) / "metrics.csv") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("weight_decay/penalty")]
+    rows = metrics_rows(logger.log_dir, "weight_decay/penalty")
     assert [int(r["step"]) for r in rows] == [1, 3, 5]  # logging steps only
     for r in rows:  # l2 mode leaves the weights alone, so the module's hook saw the same weights
         assert float(r["weight_decay/penalty"]) == pytest.approx(0.05 * model.sq_norms[int(r["step"])], rel=1e-5)
@@ -185,18 +155,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         seed_everything(0)
         model = Net("adam")
         callbacks = [WeightDecay(0.1, mode="decoupled"), ModelCheckpoint(dirpath=root, save_top_k=-1)]
-        trainer = Trainer(
-            accelerator="cpu",
-            max_epochs=max_epochs,
-            limit_train_batches=3,
-            limit_val_batches=0,
-            default_root_dir=root,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            logger=False,
-            callbacks=callbacks,
-        )
-        trainer.fit(model, ckpt_path=ckpt_path)
+        _trainer(root, callbacks, max_epochs=max_epochs, enable_checkpointing=True).fit(model, ckpt_path=ckpt_path)
         return model
 
     full = run(tmp_path / "full", 3)
@@ -244,10 +203,9 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    decay = callback_from_cli(
+        WeightDecay,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=WeightDecay",
             "--trainer.callbacks.coefficient=0.05",
@@ -255,5 +213,4 @@ def test_lightning_cli(tmp_path: Path) -> None:
             "--trainer.callbacks.exclude_bias_and_norm=false",
         ],
     )
-    decay = next(c for c in cli.trainer.callbacks if isinstance(c, WeightDecay))
     assert (decay.coefficient, decay.mode, decay.exclude_bias_and_norm) == (0.05, "decoupled", False)
