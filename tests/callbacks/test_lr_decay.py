@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from _callback_helpers import (
+    TRAIN_ONLY_ON_CPU,
+    callback_from_cli,
+    fixed_loader,
+    metrics_rows,
+    read_rank_json,
+    tiny_trainer,
+    write_rank_json,
+)
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -35,7 +42,7 @@ class LRRecorder(BoringModel):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)), batch_size=8)
+        return fixed_loader()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
         self.seen.append([g["lr"] for g in self.optimizers().param_groups])
@@ -43,29 +50,14 @@ class LRRecorder(BoringModel):
 
     def on_train_end(self) -> None:
         if self.out_dir is not None:  # under ddp_spawn, each rank reports what it saw
-            (Path(self.out_dir) / f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
+            write_rank_json(self.out_dir, self.global_rank, self.seen)
 
 
 def _flat(nested: list[list[float]]) -> list[float]:
     return [x for row in nested for x in row]
 
 
-def _trainer(tmp_path: Path, callback: LRDecay, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=3,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        logger=False,
-        callbacks=[callback],
-    )
-    defaults.update(kwargs)
-    return Trainer(**defaults)
+_trainer = partial(tiny_trainer, **TRAIN_ONLY_ON_CPU, max_epochs=3, limit_train_batches=2)
 
 
 def test_maths_on_hand_computed_values() -> None:
@@ -123,8 +115,7 @@ def test_step_interval_cosine_with_warmup(tmp_path: Path) -> None:
 def test_logged_keys(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     _trainer(tmp_path, LRDecay(gamma=0.5), logger=logger, log_every_n_steps=1).fit(LRRecorder())
-    with open(Path(logger.log_dir) / "metrics.csv") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("lr/opt0_group0")]
+    rows = metrics_rows(logger.log_dir, "lr/opt0_group0")
     assert [int(r["step"]) for r in rows] == list(range(6))
     assert [float(r["lr/opt0_group0"]) for r in rows] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
     assert [float(r["lr/opt0_group1"]) for r in rows] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025])
@@ -135,7 +126,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         seed_everything(0)
         model, decay = LRRecorder(), LRDecay(mode="linear", interval="step", warmup=1, total=8)
         ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1)
-        trainer = _trainer(root, decay, max_epochs=max_epochs, enable_checkpointing=True, callbacks=[decay, ckpt])
+        trainer = _trainer(root, [decay, ckpt], max_epochs=max_epochs, enable_checkpointing=True)
         trainer.fit(model, ckpt_path=ckpt_path)
         return model, decay
 
@@ -162,8 +153,7 @@ def test_ddp_ranks_agree(tmp_path: Path) -> None:
         tmp_path, LRDecay(mode="step", gamma=0.5, step_size=2, interval="step"), devices=2, strategy="ddp_spawn"
     )
     trainer.fit(LRRecorder(out_dir=str(tmp_path)))
-    r0 = json.loads((tmp_path / "rank0.json").read_text())
-    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    r0, r1 = read_rank_json(tmp_path)
     assert r0 == r1
     assert [lrs[0] for lrs in r0] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
 
@@ -196,10 +186,9 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    decay = callback_from_cli(
+        LRDecay,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=LRDecay",
             "--trainer.callbacks.mode=cosine",
@@ -207,6 +196,5 @@ def test_lightning_cli(tmp_path: Path) -> None:
             "--trainer.callbacks.warmup=10",
         ],
     )
-    decay = next(c for c in cli.trainer.callbacks if isinstance(c, LRDecay))
     assert (decay.mode, decay.interval, decay.warmup) == ("cosine", "step", 10)
     assert math.isclose(decay.gamma, 0.98)
