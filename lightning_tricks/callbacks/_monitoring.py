@@ -16,11 +16,16 @@ Helpers:
   other loggers skip cleanly.
 - :func:`layer_name`, :func:`named_optimizer_params`, :func:`group_indices`, :func:`group_norms`,
   :func:`validate_every_n`: naming, per-layer grouping and option checks.
+- :class:`GradLayoutCache` / :class:`GradLayout`: for callbacks that look at gradients EVERY step, the parameters of an
+  optimizer that have a gradient, their names and layer grouping, built once and reused while that set is unchanged
+  (checked with one cheap pass over the optimizer's parameters), with the layer index tensor made once per device.
+- :func:`index_tensor`: a small int64 index tensor on a device without a blocking host-to-device copy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -227,9 +232,107 @@ def group_indices(names: Iterable[str]) -> dict[str, list[int]]:
     return groups
 
 
+def index_tensor(values: Sequence[int], device: torch.device) -> Tensor:
+    """An int64 tensor of ``values`` on ``device``.
+
+    On CUDA the values go through a pinned staging buffer with ``non_blocking=True``: a pageable, blocking copy would
+    synchronize the host with the device (and fail under ``torch.cuda.set_sync_debug_mode("error")``).
+    """
+    cpu = torch.tensor(list(values), dtype=torch.long)
+    if device.type == "cuda":
+        return cpu.pin_memory().to(device, non_blocking=True)  # the caching host allocator keeps it alive until copied
+    return cpu.to(device)
+
+
 def group_norms(norms: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
     """Combine per-tensor L2 norms into per-group L2 norms: ``sqrt(sum of squares)`` over each group's indices."""
-    index = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=norms.device)
-    order = torch.tensor([i for members in groups for i in members], device=norms.device)
+    order = [i for members in groups for i in members]
+    index = index_tensor([g for g, members in enumerate(groups) for _ in members], norms.device)
     squares = torch.zeros(len(groups), device=norms.device, dtype=norms.dtype)
-    return squares.index_add_(0, index, norms[order].square()).sqrt()
+    if order != list(range(norms.shape[0])):  # groups are not the plain partition 0..P-1 in order: gather first
+        norms = norms[index_tensor(order, norms.device)]
+    return squares.index_add_(0, index, norms.square()).sqrt()
+
+
+@dataclass(eq=False)
+class GradLayout:
+    """The parameters of one optimizer that have a gradient, in module order, grouped by layer (see :func:`layer_name`).
+
+    Attributes:
+        names: parameter names, as in ``pl_module.named_parameters()``.
+        params: the parameters, same order.
+        layers: layer names in first-seen order.
+        layer_of: the position in ``layers`` of each parameter's layer.
+        float32: whether every parameter (hence every gradient) is float32.
+    """
+
+    names: list[str]
+    params: list[torch.nn.Parameter]
+    layers: list[str]
+    layer_of: list[int]
+    float32: bool
+    _index: dict[torch.device, Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_named(cls, named: Sequence[tuple[str, torch.nn.Parameter]]) -> GradLayout:
+        """Group ``(name, param)`` pairs by layer."""
+        groups = group_indices(n for n, _ in named)
+        layer_of = [0] * len(named)
+        for g, members in enumerate(groups.values()):
+            for i in members:
+                layer_of[i] = g
+        float32 = all(p.dtype == torch.float32 for _, p in named)
+        return cls([n for n, _ in named], [p for _, p in named], list(groups), layer_of, float32)
+
+    def grads(self) -> list[Tensor]:
+        """The current gradients (new tensor objects after each ``zero_grad(set_to_none=True)``)."""
+        return [p.grad for p in self.params]  # type: ignore[misc]
+
+    def layer_index(self, device: torch.device) -> Tensor:
+        """``layer_of`` as an int64 tensor on ``device``, made once per device (no per-step host-to-device copy)."""
+        index = self._index.get(device)
+        if index is None:
+            index = self._index[device] = index_tensor(self.layer_of, device)
+        return index
+
+    def layer_norms(self, norms: Tensor) -> Tensor:
+        """Per-layer L2 norms from per-tensor L2 norms: ``(..., P) -> (..., L)``, 4 kernels, no host sync."""
+        sums = norms.new_zeros((*norms.shape[:-1], len(self.layers)))
+        return sums.index_add_(-1, self.layer_index(norms.device), norms.square()).sqrt()
+
+
+class GradLayoutCache:
+    """:class:`GradLayout` per optimizer, rebuilt only when the set of parameters with a gradient changes.
+
+    The check each call is one pass over the optimizer's parameters building a tuple of the ids of those that require
+    and have a gradient (the cache holds them, so their ids cannot be reused); walking ``named_parameters()`` and
+    grouping happen only when that tuple changes (first step, frozen / unfrozen layers, ``add_param_group``).
+    Renaming a module without changing its parameters is not detected.
+
+    Example::
+
+        layouts = GradLayoutCache()
+        layout = layouts.get(pl_module, optimizer)  # None when no parameter has a gradient
+        norms = torch.stack(torch._foreach_norm(layout.grads()))
+        per_layer = layout.layer_norms(norms)
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[int, ...], GradLayout | None]] = {}
+
+    def get(self, pl_module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> GradLayout | None:
+        """The layout of ``optimizer``'s parameters that have a gradient now; ``None`` if there are none."""
+        key = (id(pl_module), *(
+            id(p) for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p.grad is not None
+        ))  # fmt: skip
+        hit = self._cache.get(id(optimizer))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
+        layout = GradLayout.from_named(named) if named else None
+        self._cache[id(optimizer)] = (key, layout)
+        return layout
+
+    def clear(self) -> None:
+        """Forget every layout (and the references to the parameters)."""
+        self._cache.clear()

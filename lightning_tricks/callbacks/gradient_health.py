@@ -20,18 +20,18 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks.callbacks._monitoring import (
-    group_indices,
-    group_norms,
+    GradLayout,
+    GradLayoutCache,
     is_logging_step,
     log_metrics,
     logging_step,
-    named_optimizer_params,
     resolve_every_n_steps,
     to_host,
     validate_every_n,
 )
 
 _ACTIONS = ("warn", "skip", "stop")
+_BUFFER_STEPS = 64  # "warn": checked steps buffered before they are diagnosed together
 _REMEDIES = (
     "Classic remedies: normalization layers (batch / layer norm), a better initialization (Xavier / Kaiming, "
     "e.g. `WeightInit`), gradient clipping (e.g. `GradientClipping`), a lower learning rate, or an adaptive "
@@ -41,14 +41,15 @@ _REMEDIES = (
 
 @dataclass
 class GradientDiagnosis:
-    """Device tensors describing one step's gradients (no host sync was needed to build them)."""
+    """Device tensors describing the gradients of one step (shapes ``()`` / ``(L,)``) or of ``n`` consecutive steps
+    (shapes ``(n,)`` / ``(n, L)``); no host sync was needed to build them."""
 
-    total_norm: Tensor  # () L2 norm of all gradients
-    median_norm: Tensor  # () median of the recorded recent total norms (NaN before any)
-    nonfinite: Tensor  # () bool: some gradient is NaN or infinite
-    exploding: Tensor  # () bool: total norm > explode_factor x median (after min_history recorded norms)
-    vanishing: Tensor  # (L,) bool per layer: norm < vanish_ratio x largest layer norm, or < vanish_floor
-    min_layer_ratio: Tensor  # () smallest layer norm / largest layer norm
+    total_norm: Tensor  # L2 norm of all gradients
+    median_norm: Tensor  # median of the recent recorded total norms (NaN before any)
+    nonfinite: Tensor  # bool: some gradient is NaN or infinite
+    exploding: Tensor  # bool: total norm > explode_factor x median (after min_history recorded norms)
+    vanishing: Tensor  # bool per layer: norm < vanish_ratio x largest layer norm, or < vanish_floor
+    min_layer_ratio: Tensor  # smallest layer norm / largest layer norm
 
 
 def diagnose_gradients(
@@ -59,18 +60,40 @@ def diagnose_gradients(
     vanish_floor: float = 1e-7,
     min_history: int = 10,
 ) -> GradientDiagnosis:
-    """Classify one step's gradients from per-layer L2 norms and a buffer of recent total norms (NaN = empty slot).
+    """Classify gradients from per-layer L2 norms and a buffer of recent total norms (NaN = empty slot).
 
-    Pure tensor maths, branch-free, no host sync.
+    Args:
+        layer_norms: ``(L,)`` per-layer norms of one step, or ``(n, L)`` for ``n`` consecutive steps.
+        history: ``(H,)`` recorded total norms before the first step, NaN for empty slots and non-finite steps. For
+            ``n > 1`` it must be oldest first: step ``i`` is then judged against the ``H`` norms recorded just before
+            it (the end of ``history``, then steps ``0 .. i-1``, NaN where non-finite), exactly as if the steps were
+            diagnosed one at a time and recorded in between. For one step its order does not matter.
+        explode_factor: see :class:`GradientHealth`.
+        vanish_ratio: see :class:`GradientHealth`.
+        vanish_floor: see :class:`GradientHealth`.
+        min_history: see :class:`GradientHealth`.
+
+    Returns:
+        A :class:`GradientDiagnosis` with one entry per step (no step dimension for ``(L,)`` input).
+
+    Pure tensor maths, branch-free (branches depend on shapes only), no host sync.
     """
-    total = torch.linalg.vector_norm(layer_norms)
+    rows = layer_norms if layer_norms.dim() == 2 else layer_norms.unsqueeze(0)
+    total = torch.linalg.vector_norm(rows, dim=1)
     nonfinite = ~torch.isfinite(total)
-    median = torch.nanmedian(history)
-    enough = (~torch.isnan(history)).sum() >= min_history
+    if rows.shape[0] == 1:
+        windows = history.unsqueeze(0)
+    else:  # row i: the H norms recorded before step i (a sliding-window view, no copy)
+        recorded = torch.where(nonfinite[:-1], torch.nan, total[:-1])
+        windows = torch.cat([history, recorded]).unfold(0, history.numel(), 1)
+    median = torch.nanmedian(windows, dim=1).values
+    enough = (~torch.isnan(windows)).sum(dim=1) >= min_history
     exploding = enough & (total > explode_factor * median)
-    largest = torch.where(torch.isfinite(layer_norms), layer_norms, 0.0).amax()
-    vanishing = (layer_norms < vanish_ratio * largest) | (layer_norms < vanish_floor)
-    min_ratio = layer_norms.amin() / largest.clamp_min(torch.finfo(layer_norms.dtype).tiny)
+    largest = rows.nan_to_num(0.0, 0.0, 0.0).amax(dim=1, keepdim=True)  # largest finite layer norm (norms are >= 0)
+    vanishing = rows < (vanish_ratio * largest).clamp_min_(vanish_floor)  # below the ratio OR below the floor
+    min_ratio = rows.amin(dim=1) / largest.squeeze(1).clamp_min(torch.finfo(rows.dtype).tiny)
+    if layer_norms.dim() == 1:
+        return GradientDiagnosis(total[0], median[0], nonfinite[0], exploding[0], vanishing[0], min_ratio[0])
     return GradientDiagnosis(total, median, nonfinite, exploding, vanishing, min_ratio)
 
 
@@ -92,10 +115,16 @@ class GradientHealth(Callback):
     step too (so a ``ModelCheckpoint`` only ever sees the last good weights) and sets ``trainer.should_stop``.
     Under DDP a step is skipped on every rank when any rank flags it (``reduce_boolean_decision(all=False)``).
 
-    Cost and syncs: per checked step, one ``_foreach_norm`` over the gradients and a few tiny kernels. ``"warn"``
-    keeps every flag and count on the device and copies them to the host ONCE per logging interval (zero syncs on
-    other steps). ``"skip"`` and ``"stop"`` need a Python branch each checked step: ONE host sync per checked step
-    (a single fused flag), plus one all-reduce under DDP; use ``check_every_n_steps`` to thin it out.
+    Cost and syncs: ``"warn"`` does two kernels per checked step: one ``_foreach_norm`` over the gradients, whose
+    per-tensor norms are stacked into a row of a preallocated device buffer. The buffered steps are diagnosed
+    together, as one batch of tiny kernels, when the buffer holds 64 steps, at a logging step, when the optimizer's
+    set of parameters with gradients changes, and before a checkpoint is saved; each step is judged against exactly
+    the norms recorded before it, so the verdicts are those of step-by-step checking. Every flag and count stays on
+    the device and is copied to the host ONCE per logging interval (zero syncs on other steps). ``"skip"`` and
+    ``"stop"`` need a Python branch each checked step, so they diagnose each step at once (~25 tiny kernels) and make
+    ONE host sync per checked step (a single fused flag), plus one all-reduce under DDP; use ``check_every_n_steps``
+    to thin it out. The parameter list, names and layer grouping are cached per optimizer and rebuilt only when the
+    set of parameters with gradients changes.
 
     Logged keys (rank zero, every ``log_every_n_steps``): ``grad_health/total_norm`` and ``grad_health/median_norm``
     (last checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer gradient norm),
@@ -157,6 +186,12 @@ class GradientHealth(Callback):
         self.check_every_n_steps = check_every_n_steps
         self.log_every_n_steps = log_every_n_steps
         self._every_n = 0
+        self._trainer: pl.Trainer | None = None
+        self._layouts = GradLayoutCache()
+        # checked steps not diagnosed yet ("warn"): per-tensor gradient norms, one row per step, all of `_layout`
+        self._rows: Tensor | None = None
+        self._pending = 0
+        self._layout: GradLayout | None = None
         # training state (see state_dict)
         self._norms: Tensor = torch.full((history,), float("nan"))  # ring buffer of recent finite total norms
         self._recorded = 0  # norms written to the ring buffer so far
@@ -168,24 +203,46 @@ class GradientHealth(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
+        self._trainer = trainer  # for diagnosing buffered steps in `state_dict`, which gets no trainer
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer, self._rows, self._layout = None, None, None
+        self._layouts.clear()
 
     def _accumulate(self, diag: GradientDiagnosis, layers: list[str]) -> None:
+        """Fold a diagnosis (of one or several steps) into the interval's device accumulators, in place."""
         device = diag.total_norm.device
+        acc = self._interval
         if layers != self._layers:  # first check, or another optimizer's layers: start fresh vanishing counts
             self._layers = layers
-            self._interval.pop("vanishing", None)
-        acc = {k: v.to(device) for k, v in self._interval.items()}
-        zero = torch.zeros((), dtype=torch.int64, device=device)
-        acc["exploding"] = acc.get("exploding", zero) + diag.exploding
-        acc["nonfinite"] = acc.get("nonfinite", zero) + diag.nonfinite
-        acc["vanishing"] = acc.get("vanishing", torch.zeros_like(diag.vanishing, dtype=torch.int64)) + diag.vanishing
-        acc["total_norm"], acc["median_norm"], acc["min_layer_ratio"] = (
-            diag.total_norm,
-            diag.median_norm,
-            diag.min_layer_ratio,
-        )
-        self._interval = acc
-        self._checks += 1
+            acc.pop("vanishing", None)
+        if "exploding" not in acc or acc["exploding"].device != device:  # new interval, or restored on the CPU
+            zero = torch.zeros((), dtype=torch.int64, device=device)
+            acc["exploding"] = acc["exploding"].to(device) if "exploding" in acc else zero
+            acc["nonfinite"] = acc["nonfinite"].to(device) if "nonfinite" in acc else zero.clone()
+            if "vanishing" in acc:
+                acc["vanishing"] = acc["vanishing"].to(device)
+        if "vanishing" not in acc:
+            acc["vanishing"] = torch.zeros(len(layers), dtype=torch.int64, device=device)
+        acc["exploding"] += diag.exploding.sum()
+        acc["nonfinite"] += diag.nonfinite.sum()
+        acc["vanishing"] += diag.vanishing.reshape(-1, len(layers)).sum(dim=0)
+        acc["total_norm"] = diag.total_norm.reshape(-1)[-1]  # the last checked step's values
+        acc["median_norm"] = diag.median_norm.reshape(-1)[-1]
+        acc["min_layer_ratio"] = diag.min_layer_ratio.reshape(-1)[-1]
+
+    def _record(self, diag: GradientDiagnosis) -> None:
+        """Write the diagnosed steps' total norms (NaN when non-finite, so nanmedian ignores them) to the ring."""
+        values = torch.where(diag.nonfinite, torch.nan, diag.total_norm).reshape(-1)
+        norms = self._norms.to(values.device)
+        if values.numel() == 1:
+            norms[self._recorded % self.history] = values[0]  # host-int index: no sync
+        else:  # oldest-first, append, keep the last `history`, back to ring order (slot = count % history)
+            chronological = torch.cat([norms.roll(-(self._recorded % self.history)), values])[-self.history :]
+            norms = chronological.roll((self._recorded + values.numel()) % self.history)
+        self._norms = norms
+        self._recorded += values.numel()
 
     @override
     def on_before_optimizer_step(
@@ -197,27 +254,59 @@ class GradientHealth(Callback):
         if is_logging_step(trainer, self._every_n):
             self._flush(trainer)
 
-    def _diagnose(self, trainer: pl.Trainer, layer_norms: Tensor) -> GradientDiagnosis:
-        """Diagnose one step from its per-layer gradient norms (a seam for tests and subclasses)."""
+    def _diagnose(self, trainer: pl.Trainer | None, layer_norms: Tensor) -> GradientDiagnosis:
+        """Diagnose from per-layer gradient norms (a seam for tests and subclasses).
+
+        ``layer_norms`` is ``(L,)`` for the current step (``"skip"`` / ``"stop"``) or ``(n, L)`` for the ``n``
+        buffered steps of ``"warn"``, diagnosed later (``trainer`` is then the one of the run, or ``None``).
+        """
+        history = self._norms.to(layer_norms.device)
+        if layer_norms.dim() == 2 and layer_norms.shape[0] > 1:
+            history = history.roll(-(self._recorded % self.history))  # oldest first
         return diagnose_gradients(
-            layer_norms, self._norms, self.explode_factor, self.vanish_ratio, self.vanish_floor, self.min_history
+            layer_norms, history, self.explode_factor, self.vanish_ratio, self.vanish_floor, self.min_history
         )
 
+    def _defer(self, layout: GradLayout, norms: list[Tensor]) -> None:
+        """Stack one step's per-tensor gradient norms into the next buffer row (one kernel, no sync)."""
+        rows = self._rows
+        if layout is not self._layout or rows is None or self._pending == rows.shape[0]:
+            self._process()  # rows of another layout, or a full buffer: diagnose them first
+            self._layout = layout
+            device = norms[0].device
+            if rows is None or rows.shape[1] != len(norms) or rows.device != device:
+                rows = self._rows = torch.empty(_BUFFER_STEPS, len(norms), dtype=torch.float32, device=device)
+        row = rows[self._pending]
+        if layout.float32:
+            torch.stack(norms, out=row)
+        else:
+            row.copy_(torch.stack(norms))  # same values as converting each norm to float32
+        self._pending += 1
+
+    def _process(self) -> None:
+        """Diagnose the buffered steps as one batch and fold them into the history and the accumulators."""
+        if self._pending == 0 or self._rows is None or self._layout is None:
+            return
+        rows, n = self._rows, self._pending
+        self._pending = 0
+        diag = self._diagnose(self._trainer, self._layout.layer_norms(rows[:n]))
+        self._record(diag)
+        self._accumulate(diag, self._layout.layers)
+
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
-        if not named:
+        layout = self._layouts.get(pl_module, optimizer)
+        if layout is None:  # no parameter of this optimizer has a gradient
             return
-        groups = group_indices(n for n, _ in named)
-        norms = torch._foreach_norm([p.grad.detach() for _, p in named])  # type: ignore[union-attr]
-        layer_norms = group_norms(torch.stack([n.float() for n in norms]), list(groups.values()))
-        self._norms = self._norms.to(layer_norms.device)
-        diag = self._diagnose(trainer, layer_norms)
-        # record the norm (NaN when non-finite, so nanmedian ignores it); host-int index: no sync
-        self._norms[self._recorded % self.history] = torch.where(diag.nonfinite, torch.nan, diag.total_norm)
-        self._recorded += 1
-        self._accumulate(diag, list(groups))
+        with torch.no_grad():
+            norms = torch._foreach_norm(layout.grads())
+        self._checks += 1
         if self.action == "warn":
+            self._defer(layout, norms)
             return
+        self._process()  # (nothing is buffered outside "warn")
+        diag = self._diagnose(trainer, layout.layer_norms(torch.stack(norms).float()))
+        self._record(diag)
+        self._accumulate(diag, layout.layers)
         # deliberate host sync (one per checked step): skip/stop need a Python branch on the fused flag
         bad = bool(diag.exploding | diag.nonfinite)
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):  # any rank bad -> every rank acts
@@ -240,6 +329,7 @@ class GradientHealth(Callback):
 
     def _flush(self, trainer: pl.Trainer) -> None:
         """Copy the interval's device accumulators to the host (ONE transfer), log them and warn."""
+        self._process()
         if self._checks == 0:
             return
         acc, checks = self._interval, self._checks
@@ -276,6 +366,7 @@ class GradientHealth(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         # called when checkpointing: moving the device tensors to the host here is a (rare) deliberate sync
+        self._process()  # diagnose the buffered steps now: the checkpoint holds their outcome, not the buffer
         return {
             "norms": self._norms.detach().cpu(),
             "recorded": self._recorded,
@@ -292,6 +383,7 @@ class GradientHealth(Callback):
             self._norms = torch.as_tensor(norms, dtype=torch.float32).clone()
             self._recorded = int(state_dict.get("recorded", 0))
         self._checks = int(state_dict.get("checks", 0))
+        self._pending = 0  # buffered steps belong to the state being replaced
         self._interval = {k: torch.as_tensor(v).clone() for k, v in state_dict.get("interval", {}).items()}
         self._layers = list(state_dict.get("layers", []))
         self._counts.update(state_dict.get("counts", {}))
