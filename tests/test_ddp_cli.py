@@ -83,8 +83,6 @@ def test_ddp_cli_run_agrees_with_one_process(runs):
         for name, value in single[key].items():
             assert torch.equal(rank0[key][name], rank1[key][name]), f"ranks disagree on {key}[{name}]"
             torch.testing.assert_close(rank0[key][name], value, atol=1e-5, rtol=1e-4, msg=f"{key}[{name}]")
-    moved = (single["weights"]["net.1.weight"] - rank0["weights"]["net.1.weight"]).abs().max()
-    assert moved < 1e-5
     for metric in ("val/loss", "val/acc"):
         torch.testing.assert_close(rank0["metrics"][metric], single["metrics"][metric], atol=1e-4, rtol=0)
 
