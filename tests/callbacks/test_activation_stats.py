@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from _callback_helpers import callback_from_cli, metrics_rows, read_rank_json, tiny_trainer, write_rank_json
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -47,18 +45,6 @@ class TinyNet(pl.LightningModule):
         return DataLoader(self.data, batch_size=self.batch_size, shuffle=False)
 
 
-def _trainer(tmp_path: Path, **kwargs: object) -> pl.Trainer:
-    defaults: dict = dict(
-        default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.read_text().splitlines()))
-
-
 def test_statistics_on_hand_computed_tensors() -> None:
     relu_out = torch.tensor([[0.0, 0.0, 2.0], [0.0, 3.0, 1.0]])
     mean, std, dead, sat = activation_statistics(relu_out, "rectifier").tolist()
@@ -90,7 +76,7 @@ def test_hooks_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(module_under_test, "_moments", counting_moments)
     model, cb = TinyNet(), ActivationStats(log_every_n_steps=3)
-    _trainer(tmp_path, limit_train_batches=7, callbacks=[cb]).fit(model)
+    tiny_trainer(tmp_path, limit_train_batches=7, callbacks=[cb]).fit(model)
     # Logging steps are batches 3 and 6 (1-based): hooks exist only there, one per watched module (6 modules).
     assert model.hooks_seen == [0, 0, 6, 0, 0, 6, 0]
     assert len(calls) == 2 * 6
@@ -104,7 +90,7 @@ def test_hooks_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_accumulation_merges_micro_batches(tmp_path: Path) -> None:
     model, cb = TinyNet(lr=0.0), ActivationStats(log_every_n_steps=1, layer_types=["Linear"], include=["net.0"])
-    _trainer(tmp_path, limit_train_batches=2, accumulate_grad_batches=2, callbacks=[cb]).fit(model)
+    tiny_trainer(tmp_path, limit_train_batches=2, accumulate_grad_batches=2, callbacks=[cb]).fit(model)
     assert model.hooks_seen == [1, 1]  # the hooks stay on for both micro-batches of the step
     x = model.data.tensors[0][:8]
     expected = activation_statistics(model.net[0](x))
@@ -135,7 +121,7 @@ def test_std_grows_with_depth_under_standard_normal_but_not_kaiming(tmp_path: Pa
     for init in ("standard_normal", "kaiming_normal"):
         torch.manual_seed(0)
         cb = ActivationStats(log_every_n_steps=1, layer_types=["ReLU"])
-        _trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(_deep_mlp(init))
+        tiny_trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(_deep_mlp(init))
         stds = [cb.last_stats[f"activation/net.{i}/std"] for i in range(1, 12, 2)]
         ratios[init] = stds[-1] / stds[0]
     # N(0, 1) weights multiply the scale by about sqrt(fan_in / 2) = 5.7 per layer; Kaiming keeps it.
@@ -147,16 +133,18 @@ def test_relu_with_large_negative_bias_is_dead(tmp_path: Path) -> None:
     model = TinyNet(lr=0.0)
     nn.init.constant_(model.net[0].bias, -100.0)
     cb = ActivationStats(log_every_n_steps=1)
-    _trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(model)
+    tiny_trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(model)
     assert cb.last_stats["activation/net.1/dead_fraction"] == 1.0
     assert cb.last_stats["activation/net.1/mean"] == 0.0
 
 
 def test_logged_keys_csv(tmp_path: Path) -> None:
     cb = ActivationStats(exclude=["net.4", "net.5"])
-    trainer = _trainer(tmp_path, limit_train_batches=4, log_every_n_steps=2, callbacks=[cb], logger=CSVLogger(tmp_path))
+    trainer = tiny_trainer(
+        tmp_path, limit_train_batches=4, log_every_n_steps=2, callbacks=[cb], logger=CSVLogger(tmp_path)
+    )
     trainer.fit(TinyNet())
-    rows = _csv_rows(Path(trainer.logger.log_dir) / "metrics.csv")
+    rows = metrics_rows(trainer.logger.log_dir)
     keys = {k for row in rows for k, v in row.items() if v and k.startswith("activation/")}
     assert keys == {
         "activation/net.0/mean", "activation/net.0/std",
@@ -173,10 +161,9 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         cb = ActivationStats(log_every_n_steps=3)
         ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
         logger = CSVLogger(root)
-        trainer = _trainer(root, max_epochs=epochs, limit_train_batches=4, callbacks=[cb, ckpt], logger=logger)
+        trainer = tiny_trainer(root, max_epochs=epochs, limit_train_batches=4, callbacks=[cb, ckpt], logger=logger)
         trainer.fit(TinyNet(), ckpt_path=ckpt_path)
-        rows = _csv_rows(Path(logger.log_dir) / "metrics.csv")
-        return cb, [int(r["step"]) for r in rows if r.get("activation/net.0/mean")]
+        return cb, [int(r["step"]) for r in metrics_rows(logger.log_dir, "activation/net.0/mean")]
 
     full, full_steps = run(tmp_path / "full", 3)
     run(tmp_path / "first", 1)
@@ -188,12 +175,12 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 class _RankRecorder(ActivationStats):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        out = Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json"
-        out.write_text(json.dumps({"stats": self.last_stats, "hooks": pl_module.hooks_seen}))
+        record = {"stats": self.last_stats, "hooks": pl_module.hooks_seen}
+        write_rank_json(trainer.default_root_dir, trainer.global_rank, record)
 
 
 def test_ddp_two_processes(tmp_path: Path) -> None:
-    trainer = _trainer(
+    trainer = tiny_trainer(
         tmp_path,
         accelerator="cpu",
         devices=2,
@@ -204,7 +191,7 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
         logger=CSVLogger(tmp_path),
     )
     trainer.fit(TinyNet())
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = read_rank_json(tmp_path)
     for rank in ranks:
         assert rank["hooks"] == [0, 4, 0, 4]  # same logging steps on both ranks, hooks only there
         assert set(rank["stats"]) == {
@@ -213,28 +200,27 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
             "activation/net.4/mean", "activation/net.4/std",
         }  # fmt: skip
     assert ranks[0]["stats"] != ranks[1]["stats"]  # each rank saw its own shard
-    rows = _csv_rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
-    logged = [r for r in rows if r.get("activation/net.0/mean")]
+    logged = metrics_rows(tmp_path / "lightning_logs" / "version_0", "activation/net.0/mean")
     assert [int(r["step"]) for r in logged] == [1, 3]
     assert float(logged[-1]["activation/net.0/mean"]) == pytest.approx(ranks[0]["stats"]["activation/net.0/mean"])
 
 
 def test_bf16_mixed(tmp_path: Path) -> None:
     cb = ActivationStats(log_every_n_steps=1)
-    _trainer(tmp_path, limit_train_batches=2, precision="bf16-mixed", callbacks=[cb]).fit(TinyNet())
+    tiny_trainer(tmp_path, limit_train_batches=2, precision="bf16-mixed", callbacks=[cb]).fit(TinyNet())
     assert cb.last_stats and all(math.isfinite(v) for v in cb.last_stats.values())
     assert cb.last_stats["activation/net.0/std"] > 0
 
 
 def test_boring_model(tmp_path: Path) -> None:
     cb = ActivationStats(log_every_n_steps=1)
-    _trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())
+    tiny_trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())
     assert set(cb.last_stats) == {"activation/layer/mean", "activation/layer/std"}
 
 
 def test_no_matching_layer_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="no module"):
-        _trainer(tmp_path, limit_train_batches=1, callbacks=[ActivationStats(include=["nothing*"])]).fit(TinyNet())
+        tiny_trainer(tmp_path, limit_train_batches=1, callbacks=[ActivationStats(include=["nothing*"])]).fit(TinyNet())
 
 
 @pytest.mark.parametrize(
@@ -252,10 +238,9 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    cb = callback_from_cli(
+        ActivationStats,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=ActivationStats",
             "--trainer.callbacks.log_every_n_steps=5",
@@ -263,7 +248,6 @@ def test_lightning_cli(tmp_path: Path) -> None:
             "--trainer.callbacks.exclude=[head*]",
         ],
     )
-    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ActivationStats)]
     assert cb.log_every_n_steps == 5
     assert cb.layer_types == (nn.Linear, nn.Tanh)
     assert cb.exclude == ["head*"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import warnings
 from pathlib import Path
@@ -11,8 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from _callback_helpers import callback_from_cli, metrics_rows, read_rank_json, tiny_trainer, write_rank_json
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -49,18 +47,6 @@ class PixelNet(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.data, batch_size=4, shuffle=False)
-
-
-def _trainer(tmp_path: Path, **kwargs: object) -> pl.Trainer:
-    defaults: dict = dict(
-        default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False, enable_model_summary=False, logger=False
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.read_text().splitlines()))
 
 
 def test_statistics_on_hand_computed_tensors() -> None:
@@ -102,13 +88,15 @@ def test_raw_pixels_warn_with_observed_values(tmp_path: Path) -> None:
     with pytest.warns(
         UserWarning, match=r"first 3 training batches\): inputs span \[0\.\d+, 25\d\.\d+\].*divide by 255"
     ):
-        _trainer(tmp_path, limit_train_batches=5, callbacks=[InputRangeCheck(check_batches=3)]).fit(PixelNet(scale=255))
+        tiny_trainer(tmp_path, limit_train_batches=5, callbacks=[InputRangeCheck(check_batches=3)]).fit(
+            PixelNet(scale=255)
+        )
 
 
 def test_raw_pixels_raise_before_the_nth_step(tmp_path: Path) -> None:
     model, cb = PixelNet(scale=255), InputRangeCheck(expected=(0.0, 1.0), check_batches=3, action="raise")
     with pytest.raises(ValueError, match=r"inputs span \[0\.\d+, 25\d\.\d+\].*outside the expected \[0, 1\]"):
-        _trainer(tmp_path, limit_train_batches=5, callbacks=[cb]).fit(model)
+        tiny_trainer(tmp_path, limit_train_batches=5, callbacks=[cb]).fit(model)
     assert len(model.done_seen) == 2  # raised in on_train_batch_start of batch 3, before its training step
 
 
@@ -117,7 +105,7 @@ def test_in_range_passes_silently_and_syncs_once(tmp_path: Path, monkeypatch: py
     real_merge = module_under_test.merge_range_stats
     monkeypatch.setattr(module_under_test, "merge_range_stats", lambda rows: merges.append(rows) or real_merge(rows))
     model, cb = PixelNet(), InputRangeCheck(expected=(0.0, 1.0), check_batches=3, action="raise")
-    trainer = _trainer(tmp_path, limit_train_batches=6, callbacks=[cb], logger=CSVLogger(tmp_path))
+    trainer = tiny_trainer(tmp_path, limit_train_batches=6, callbacks=[cb], logger=CSVLogger(tmp_path))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*InputRangeCheck.*")
         trainer.fit(model)
@@ -129,7 +117,7 @@ def test_in_range_passes_silently_and_syncs_once(tmp_path: Path, monkeypatch: py
         {"min": seen.min().item(), "max": seen.max().item(), "mean": seen.mean().item(), "std": seen.std().item()},
         rel=1e-5,
     )
-    rows = [r for r in _csv_rows(Path(trainer.logger.log_dir) / "metrics.csv") if r.get("input/min")]
+    rows = metrics_rows(trainer.logger.log_dir, "input/min")
     assert len(rows) == 1 and int(rows[0]["step"]) == 2
     assert {k for k, v in rows[0].items() if v} == {"step", "input/min", "input/max", "input/mean", "input/std"}
     assert float(rows[0]["input/max"]) == pytest.approx(seen.max().item())
@@ -137,7 +125,7 @@ def test_in_range_passes_silently_and_syncs_once(tmp_path: Path, monkeypatch: py
 
 def test_short_run_finishes_at_train_end(tmp_path: Path) -> None:
     cb = InputRangeCheck(expected=(0.0, 1.0), check_batches=10)
-    _trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())  # N(0, 1) data: out of [0, 1]
+    tiny_trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())  # N(0, 1) data: out of [0, 1]
     assert cb.done and cb.checked == 2 and cb.stats is not None and cb.stats["min"] < 0
 
 
@@ -146,7 +134,7 @@ def test_state_dict_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
         pl.seed_everything(0)
         cb = InputRangeCheck(expected=(0.0, 1.0), check_batches=6)
         ckpt = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
-        _trainer(root, max_epochs=epochs, limit_train_batches=4, callbacks=[cb, ckpt]).fit(
+        tiny_trainer(root, max_epochs=epochs, limit_train_batches=4, callbacks=[cb, ckpt]).fit(
             PixelNet(), ckpt_path=ckpt_path
         )
         return cb
@@ -168,18 +156,17 @@ def test_state_dict_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
 class _RankRecorder(InputRangeCheck):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         problem = range_problem(self.stats or {}, self.expected, self.tolerance)
-        out = Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json"
-        out.write_text(json.dumps({"stats": self.stats, "problem": problem}))
+        write_rank_json(trainer.default_root_dir, trainer.global_rank, {"stats": self.stats, "problem": problem})
 
 
 def test_ddp_ranks_agree(tmp_path: Path) -> None:
     # DistributedSampler (no shuffle) gives rank 1 the odd samples: only rank 1 sees values up to 255.
     cb = _RankRecorder(expected=(0.0, 1.0), check_batches=2)
-    trainer = _trainer(
+    trainer = tiny_trainer(
         tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", limit_train_batches=3, callbacks=[cb]
     )
     trainer.fit(PixelNet(odd_scale=255))
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = read_rank_json(tmp_path)
     assert ranks[0] == ranks[1]  # the same global statistics, hence the same verdict, on every rank
     assert ranks[0]["stats"]["max"] > 200 and "outside the expected [0, 1]" in ranks[0]["problem"]
 
@@ -199,10 +186,9 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    cb = callback_from_cli(
+        InputRangeCheck,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=InputRangeCheck",
             "--trainer.callbacks.expected=[0.0, 1.0]",
@@ -211,5 +197,4 @@ def test_lightning_cli(tmp_path: Path) -> None:
             "--trainer.callbacks.batch_key=0",
         ],
     )
-    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, InputRangeCheck)]
     assert (cb.expected, cb.action, cb.check_batches, cb.batch_key) == ((0.0, 1.0), "raise", 3, 0)
