@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from _callback_helpers import (
+    callback_from_cli,
+    count_host_reads_in_hooks,
+    fixed_loader,
+    metrics_rows,
+    read_rank_json,
+    tiny_trainer,
+    write_rank_json,
+)
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_tricks.callbacks import WeightNormMonitor
 from lightning_tricks.callbacks._monitoring import group_norms
 from lightning_tricks.callbacks.weight_norm_monitor import update_ratios, weight_grad_norms
-
-FIXED_X = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
 
 
 class Recording(BoringModel):
@@ -37,7 +42,7 @@ class Recording(BoringModel):
         self.ratios: dict[int, float] = {}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(FIXED_X), batch_size=8, shuffle=False)
+        return fixed_loader(tensor_dataset=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict:
         return {"loss": self.loss(self(batch[0]))}
@@ -55,30 +60,18 @@ class Recording(BoringModel):
     def on_train_end(self) -> None:
         if self.out is not None:
             record = {"grad_norms": self.grad_norms, "weight": self.layer.weight.tolist()}
-            Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(record))
+            write_rank_json(self.out, self.global_rank, record)
 
 
-def _trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> Trainer:
-    opts: dict[str, Any] = dict(
-        max_epochs=1,
-        limit_train_batches=8,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
-    opts.update(kwargs)
-    return Trainer(**opts)
+_trainer = partial(tiny_trainer, limit_train_batches=8, limit_val_batches=0)  # every test passes its logger
 
 
 def _csv(logger: CSVLogger) -> dict[str, dict[int, float]]:
     series: dict[str, dict[int, float]] = {}
-    with open(Path(logger.log_dir) / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key != "step" and value != "":
-                    series.setdefault(key, {})[int(row["step"])] = float(value)
+    for row in metrics_rows(logger.log_dir):
+        for key, value in row.items():
+            if key != "step" and value != "":
+                series.setdefault(key, {})[int(row["step"])] = float(value)
     return series
 
 
@@ -160,7 +153,7 @@ def test_ddp_logs_the_all_reduced_gradient(tmp_path: Path) -> None:
     model = Recording(out=str(tmp_path))
     cb = WeightNormMonitor(log_every_n_steps=2)
     _trainer(tmp_path, [cb], logger=logger, accelerator="cpu", devices=2, strategy="ddp_spawn").fit(model)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = read_rank_json(tmp_path)
     assert ranks[0] == ranks[1]  # the gradient the monitor reads is the all-reduced one: same on both ranks
     logged = _csv(logger)["grad_norm/layer.weight"]
     assert set(logged) == {1, 3}  # 64 samples / 2 ranks / batch 8 = 4 steps
@@ -191,43 +184,22 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli_builds_it(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    cb = callback_from_cli(
+        WeightNormMonitor,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=WeightNormMonitor",
             "--trainer.callbacks.per_layer=true",
             "--trainer.callbacks.histogram_every_n_epochs=null",
         ],
     )
-    cb = next(c for c in cli.trainer.callbacks if isinstance(c, WeightNormMonitor))
     assert cb.per_layer is True and cb.histogram_every_n_epochs is None
 
 
 def test_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Count host reads of tensors made inside the callback's hooks (a CPU stand-in for CUDA sync debug mode)."""
-    state = {"inside": False, "reads": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self: torch.Tensor, *a: Any, _orig: Any = original, **k: Any) -> Any:
-            state["reads"] += state["inside"]
-            return _orig(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
     cb = WeightNormMonitor(log_every_n_steps=4, histogram_every_n_epochs=None)
-    for hook_name in ("on_before_optimizer_step", "on_train_batch_end"):
-        hook = getattr(cb, hook_name)
-
-        def wrapped(*args: Any, _hook: Any = hook) -> None:
-            state["inside"] = True
-            try:
-                _hook(*args)
-            finally:
-                state["inside"] = False
-
-        setattr(cb, hook_name, wrapped)
+    state = count_host_reads_in_hooks(monkeypatch, cb, ("on_before_optimizer_step", "on_train_batch_end"))
     seed_everything(0)
     _trainer(tmp_path, [cb], logger=CSVLogger(tmp_path)).fit(BoringModel())
     assert state["reads"] == 2  # 8 steps, logging at steps 4 and 8: one transfer each
