@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _callback_helpers import (
+    WITH_VALIDATION,
+    callback_from_cli,
+    fixed_loader,
+    read_rank_texts,
+    tensors_digest,
+    tiny_trainer,
+    write_rank_text,
+)
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch.utils.data import DataLoader
 
 from lightning_tricks.callbacks import EarlyStopping
 from lightning_tricks.callbacks.early_stopping import cpu_state_copy, is_improvement
-
-TRAINER_KW: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False, "deterministic": True}
 
 
 class ScheduledMetric(BoringModel):
@@ -29,10 +35,10 @@ class ScheduledMetric(BoringModel):
         self.weights_at_epoch: dict[int, torch.Tensor] = {}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(torch.randn(16, 32, generator=torch.Generator().manual_seed(1)), batch_size=4)
+        return fixed_loader(16, batch_size=4, seed=1)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(torch.randn(4, 32, generator=torch.Generator().manual_seed(2)), batch_size=4)
+        return fixed_loader(4, batch_size=4, seed=2)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -44,11 +50,7 @@ class ScheduledMetric(BoringModel):
             self.weights_at_epoch[self.current_epoch] = self.layer.weight.detach().clone()
 
 
-def _trainer(tmp_path: Path, callbacks: list, max_epochs: int, **kwargs: Any) -> Trainer:
-    return Trainer(
-        default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
-        num_sanity_val_steps=0, callbacks=callbacks, **TRAINER_KW, **kwargs,
-    )  # fmt: skip
+_trainer = partial(tiny_trainer, **WITH_VALIDATION)
 
 
 def test_improvement_rule_and_cpu_copy() -> None:
@@ -130,8 +132,8 @@ class _DumpingEarlyStopping(EarlyStopping):
 
     def on_train_end(self, trainer: Trainer, pl_module: BoringModel) -> None:
         super().on_train_end(trainer, pl_module)
-        digest = hashlib.sha256(pl_module.layer.weight.detach().numpy().tobytes()).hexdigest()
-        (self.folder / f"rank{trainer.global_rank}.txt").write_text(f"{digest} {self.best_epoch}")
+        digest = tensors_digest([pl_module.layer.weight])
+        write_rank_text(self.folder, trainer.global_rank, f"{digest} {self.best_epoch}")
 
 
 def test_ddp_ranks_restore_the_same_weights(tmp_path: Path) -> None:
@@ -141,7 +143,7 @@ def test_ddp_ranks_restore_the_same_weights(tmp_path: Path) -> None:
     stop = _DumpingEarlyStopping(tmp_path, "score", patience=5, restore_best_weights=True)
     trainer = _trainer(tmp_path, [stop], max_epochs=4, accelerator="cpu", devices=2, strategy="ddp_spawn")
     trainer.fit(model)
-    lines = {(tmp_path / f"rank{r}.txt").read_text() for r in range(2)}
+    lines = set(read_rank_texts(tmp_path))
     assert len(lines) == 1 and lines.pop().endswith(" 1")
 
 
@@ -160,12 +162,10 @@ def test_invalid_options(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_lightning_cli() -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=["--trainer.callbacks+=lightning_tricks.callbacks.EarlyStopping", "--trainer.callbacks.monitor=val/loss",
-              "--trainer.callbacks.restore_best_weights=true", "--trainer.callbacks.start_from_epoch=3",
-              "--trainer.logger=false"],
+    stop = callback_from_cli(
+        EarlyStopping,
+        ["--trainer.callbacks+=lightning_tricks.callbacks.EarlyStopping", "--trainer.callbacks.monitor=val/loss",
+         "--trainer.callbacks.restore_best_weights=true", "--trainer.callbacks.start_from_epoch=3",
+         "--trainer.logger=false"],
     )  # fmt: skip
-    (stop,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
     assert stop.monitor == "val/loss" and stop.restore_best_weights and stop.start_from_epoch == 3

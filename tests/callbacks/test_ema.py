@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _callback_helpers import (
+    callback_from_cli,
+    fixed_loader,
+    metrics_rows,
+    read_rank_texts,
+    tensors_digest,
+    tiny_trainer,
+    write_rank_text,
+)
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -19,21 +26,17 @@ from torch.utils.data import DataLoader
 from lightning_tricks.callbacks import EMA
 from lightning_tricks.callbacks.ema import ema_decay, ema_update_
 
-TRAINER_KW: dict[str, Any] = {
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "deterministic": True,
-}
+_trainer = partial(tiny_trainer, deterministic=True)
 
 
 class FixedModel(BoringModel):
     """BoringModel on a fixed, unshuffled dataset (64 samples, batch 8) so that runs are exactly repeatable."""
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(torch.randn(64, 32, generator=torch.Generator().manual_seed(1)), batch_size=8)
+        return fixed_loader(seed=1)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(torch.randn(16, 32, generator=torch.Generator().manual_seed(2)), batch_size=8)
+        return fixed_loader(16, seed=2)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -87,10 +90,7 @@ def test_ema_validates_on_average_and_ends_with_it(tmp_path: Path, warmup: bool)
     seed_everything(0)
     model, recorder = FixedModel(), WeightRecorder()
     ema = EMA(decay=0.8, warmup=warmup)
-    trainer = Trainer(
-        default_root_dir=tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=1, logger=False,
-        callbacks=[ema, recorder], **TRAINER_KW,
-    )  # fmt: skip
+    trainer = _trainer(tmp_path, [ema, recorder], max_epochs=2, limit_train_batches=4, limit_val_batches=1)
     trainer.fit(model)
     assert ema._num_updates == 8
     # Validation after epoch 0 saw the EMA of the first 4 steps; the module ends with the EMA of all 8.
@@ -114,10 +114,7 @@ def test_ema_matches_lightning_ema_weight_averaging(tmp_path: Path) -> None:
     ):
         seed_everything(0)
         model = FixedModel()
-        trainer = Trainer(
-            default_root_dir=tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=0, logger=False,
-            enable_checkpointing=False, callbacks=[callback], **TRAINER_KW,
-        )  # fmt: skip
+        trainer = _trainer(tmp_path, callback, limit_train_batches=8, limit_val_batches=0, enable_checkpointing=False)
         trainer.fit(model)
         results.append(model.layer.weight.detach().clone())
     torch.testing.assert_close(results[0], results[1])
@@ -126,10 +123,13 @@ def test_ema_matches_lightning_ema_weight_averaging(tmp_path: Path) -> None:
 def test_ema_no_update_before_start_keeps_module(tmp_path: Path) -> None:
     seed_everything(0)
     model, recorder = FixedModel(), WeightRecorder()
-    trainer = Trainer(
-        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False,
-        enable_checkpointing=False, callbacks=[EMA(update_starting_at_step=100), recorder], **TRAINER_KW,
-    )  # fmt: skip
+    trainer = _trainer(
+        tmp_path,
+        [EMA(update_starting_at_step=100), recorder],
+        limit_train_batches=3,
+        limit_val_batches=1,
+        enable_checkpointing=False,
+    )
     trainer.fit(model)
     # No update yet: validation and the final module use the trained weights, not the copy made at setup.
     assert torch.equal(recorder.validated[0]["layer.weight"], recorder.steps[-1]["layer.weight"])
@@ -140,10 +140,7 @@ def _fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple
     seed_everything(0)
     model, ema = FixedModel(), EMA(decay=0.75, warmup=True)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
-    trainer = Trainer(
-        default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=1, logger=False,
-        callbacks=[ema, checkpoint], **TRAINER_KW,
-    )  # fmt: skip
+    trainer = _trainer(tmp_path, [ema, checkpoint], max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=1)
     trainer.fit(model, ckpt_path=ckpt_path)
     return model, ema
 
@@ -165,32 +162,40 @@ class _DumpAverage(Callback):
         self.folder = folder
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        data = b"".join(v.detach().cpu().numpy().tobytes() for v in pl_module.state_dict().values())
-        (self.folder / f"rank{trainer.global_rank}.txt").write_text(hashlib.sha256(data).hexdigest())
+        write_rank_text(self.folder, trainer.global_rank, tensors_digest(pl_module.state_dict().values()))
 
 
 def test_ema_ddp_ranks_agree(tmp_path: Path) -> None:
     seed_everything(0)
-    trainer = Trainer(
-        default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
-        limit_train_batches=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        callbacks=[EMA(decay=0.5), _DumpAverage(tmp_path)], **TRAINER_KW,
-    )  # fmt: skip
+    trainer = _trainer(
+        tmp_path,
+        [EMA(decay=0.5), _DumpAverage(tmp_path)],
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        limit_train_batches=3,
+        limit_val_batches=1,
+        enable_checkpointing=False,
+    )
     trainer.fit(FixedModel())
-    hashes = {(tmp_path / f"rank{r}.txt").read_text() for r in range(2)}
+    hashes = set(read_rank_texts(tmp_path))
     assert len(hashes) == 1
 
 
 def test_ema_logs_decay(tmp_path: Path) -> None:
     seed_everything(0)
     logger = CSVLogger(tmp_path, name="", version="")
-    trainer = Trainer(
-        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=6, limit_val_batches=0, log_every_n_steps=2,
-        logger=logger, enable_checkpointing=False, callbacks=[EMA(decay=0.9, warmup=True)], **TRAINER_KW,
-    )  # fmt: skip
+    trainer = _trainer(
+        tmp_path,
+        [EMA(decay=0.9, warmup=True)],
+        limit_train_batches=6,
+        limit_val_batches=0,
+        log_every_n_steps=2,
+        logger=logger,
+        enable_checkpointing=False,
+    )
     trainer.fit(FixedModel())
-    with open(tmp_path / "metrics.csv") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("ema/decay")]
+    rows = metrics_rows(tmp_path, "ema/decay")
     # Logged at steps 2, 4, 6 (global_step after the update): decay of updates t = 1, 3, 5.
     assert [int(row["step"]) for row in rows] == [1, 3, 5]
     expected = [(1 + t) / (10 + t) for t in (1, 3, 5)]
@@ -211,11 +216,9 @@ def test_ema_invalid_options(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_ema_lightning_cli() -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=["--trainer.callbacks+=lightning_tricks.callbacks.EMA", "--trainer.callbacks.decay=0.95",
-              "--trainer.callbacks.warmup=true", "--trainer.logger=false"],
+    ema = callback_from_cli(
+        EMA,
+        ["--trainer.callbacks+=lightning_tricks.callbacks.EMA", "--trainer.callbacks.decay=0.95",
+         "--trainer.callbacks.warmup=true", "--trainer.logger=false"],
     )  # fmt: skip
-    (ema,) = [c for c in cli.trainer.callbacks if isinstance(c, EMA)]
     assert ema.decay == 0.95 and ema.warmup is True

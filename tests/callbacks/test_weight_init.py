@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _callback_helpers import (
+    WITH_VALIDATION,
+    callback_from_cli,
+    fixed_loader,
+    read_rank_texts,
+    tensors_digest,
+    tiny_trainer,
+    write_rank_text,
+)
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_tricks.callbacks import WeightInit
 from lightning_tricks.callbacks.weight_init import apply_scales_, lsuv_, target_layers
-
-TRAINER_KW: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False, "deterministic": True}
 
 
 class Net(BoringModel):
@@ -31,10 +37,10 @@ class Net(BoringModel):
         self.layer = nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 2))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(3 * torch.randn(64, 32, generator=torch.Generator().manual_seed(1)), batch_size=8)
+        return fixed_loader(seed=1, scale=3)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(torch.randn(16, 32, generator=torch.Generator().manual_seed(2)), batch_size=8)
+        return fixed_loader(16, seed=2)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05)
@@ -47,11 +53,7 @@ class StartWeights(Callback):
         self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
-def _trainer(tmp_path: Path, callbacks: list, max_epochs: int = 1, **kwargs: Any) -> Trainer:
-    return Trainer(
-        default_root_dir=tmp_path, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
-        num_sanity_val_steps=0, callbacks=callbacks, **TRAINER_KW, **kwargs,
-    )  # fmt: skip
+_trainer = partial(tiny_trainer, **WITH_VALIDATION)
 
 
 N_IN, N_OUT = 800, 400
@@ -196,8 +198,7 @@ class _RankProbe(Callback):
         self.folder, self.stage = folder, stage
 
     def _dump(self, trainer: Trainer, pl_module: LightningModule, when: str) -> None:
-        data = b"".join(v.detach().cpu().numpy().tobytes() for v in pl_module.state_dict().values())
-        (self.folder / f"{when}{trainer.global_rank}.txt").write_text(hashlib.sha256(data).hexdigest())
+        write_rank_text(self.folder, trainer.global_rank, tensors_digest(pl_module.state_dict().values()), prefix=when)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.stage == "before":
@@ -214,9 +215,8 @@ def test_ddp_lsuv_leaves_identical_weights(tmp_path: Path) -> None:
     callbacks = [_RankProbe(tmp_path, "before"), WeightInit("lsuv"), _RankProbe(tmp_path, "after")]
     trainer = _trainer(tmp_path, callbacks, accelerator="cpu", devices=2, strategy="ddp_spawn")
     trainer.fit(Net())
-    read = lambda when: {(tmp_path / f"{when}{r}.txt").read_text() for r in range(2)}  # noqa: E731
-    assert len(read("setup")) == 2  # each rank drew its own init (and saw its own batch shard) ...
-    assert len(read("start")) == 1  # ... yet DDP's broadcast + the broadcast LSUV scales make them identical
+    assert len(set(read_rank_texts(tmp_path, "setup"))) == 2  # each rank drew its own init (and saw its own shard) ...
+    assert len(set(read_rank_texts(tmp_path, "start"))) == 1  # ... yet DDP's + LSUV's broadcasts make them identical
 
 
 @pytest.mark.parametrize(
@@ -235,11 +235,9 @@ def test_invalid_options(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_lightning_cli() -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=["--trainer.callbacks+=lightning_tricks.callbacks.WeightInit", "--trainer.callbacks.scheme=lsuv",
-              "--trainer.callbacks.exclude=[head]", "--trainer.callbacks.seed=1", "--trainer.logger=false"],
+    init = callback_from_cli(
+        WeightInit,
+        ["--trainer.callbacks+=lightning_tricks.callbacks.WeightInit", "--trainer.callbacks.scheme=lsuv",
+         "--trainer.callbacks.exclude=[head]", "--trainer.callbacks.seed=1", "--trainer.logger=false"],
     )  # fmt: skip
-    (init,) = [c for c in cli.trainer.callbacks if isinstance(c, WeightInit)]
     assert init.scheme == "lsuv" and init.exclude == ["head"] and init.seed == 1
