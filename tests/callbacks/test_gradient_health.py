@@ -105,6 +105,52 @@ def test_diagnose_maths_on_hand_computed_norms() -> None:
     assert bool(bad.nonfinite) and not bool(bad.exploding)
 
 
+def test_batched_diagnosis_equals_step_by_step() -> None:
+    """``(n, L)`` rows (how "warn" diagnoses its buffered steps) give the verdicts of n single-step diagnoses."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.rand(40, 3, generator=gen) + 0.5
+    rows[[6, 19, 20, 33]] *= 1e3  # spikes, two in a row
+    rows[11, 1], rows[27, 0] = float("nan"), float("inf")  # non-finite steps
+    rows[15, 2] = 1e-9  # a vanishing layer
+    nan = float("nan")
+    for history, min_history in ((torch.tensor([nan, nan, 2.0, nan, 1.0]), 3), (torch.full((4,), nan), 2)):
+        kw = dict(explode_factor=4.0, vanish_ratio=1e-3, vanish_floor=1e-7, min_history=min_history)
+        batched = diagnose_gradients(rows, history, **kw)
+        ring = history.clone()  # step by step, recording each total norm (NaN if non-finite) after its verdict
+        for i, row in enumerate(rows):
+            d = diagnose_gradients(row, ring, **kw)
+            ring = torch.cat([ring[1:], torch.where(d.nonfinite, torch.nan, d.total_norm).reshape(1)])
+            for field in ("total_norm", "median_norm", "nonfinite", "exploding", "vanishing", "min_layer_ratio"):
+                assert torch.equal(getattr(batched, field)[i].nan_to_num(), getattr(d, field).nan_to_num()), (i, field)
+        assert 0 < int(batched.exploding.sum()) < 40 and int(batched.nonfinite.sum()) == 2
+        assert bool(batched.vanishing[15, 2]) and int(batched.vanishing.sum()) == 1
+
+
+def test_layout_cache_follows_the_parameters_with_gradients() -> None:
+    from lightning_tricks.callbacks._monitoring import GradLayoutCache
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    cache = GradLayoutCache()
+    assert cache.get(net, opt) is None  # no gradients yet
+    net(torch.randn(5, 4)).sum().backward()
+    layout = cache.get(net, opt)
+    assert layout is not None and layout.names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert layout.layers == ["0", "2"] and layout.layer_of == [0, 0, 1, 1]
+    assert cache.get(net, opt) is layout  # unchanged set: reused
+    norms = torch.stack(torch._foreach_norm(layout.grads()))
+    expected = [torch.cat([p.grad.flatten() for p in m.parameters()]).norm() for m in (net[0], net[2])]
+    assert torch.allclose(layout.layer_norms(norms), torch.stack(expected))
+    assert torch.allclose(
+        layout.layer_norms(torch.stack([norms, 2 * norms])), torch.stack(expected) * torch.tensor([[1.0], [2.0]])
+    )
+    net[0].weight.grad = None  # the set changes: rebuilt
+    assert cache.get(net, opt).names == ["0.bias", "2.weight", "2.bias"]
+    net[0].weight.grad = torch.zeros(3, 4)
+    net[2].requires_grad_(False)  # frozen layers leave the layout even while they still hold a gradient
+    assert cache.get(net, opt).layers == ["0"]
+
+
 class DeepSigmoid(LightningModule):
     """10 sigmoid layers with a tiny init: the classic vanishing-gradient network."""
 
@@ -242,6 +288,26 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True))
     assert torch.equal(full_cb._norms.isnan(), resumed_cb._norms.isnan())
     assert torch.equal(full_cb._norms.nan_to_num(), resumed_cb._norms.nan_to_num())
+
+
+def test_warn_resume_mid_interval_equals_uninterrupted(tmp_path: Path) -> None:
+    """The checkpoint (saved with steps still buffered, not yet diagnosed) holds their outcome."""
+
+    def run(root: Path, ckpt_path: str | None) -> GradientHealth:
+        seed_everything(0)
+        model = Planted({2: 1e3, 6: 1e3, 9: 50.0})  # spikes only: Adam keeps the weights finite
+        cb = GradientHealth(explode_factor=5.0, min_history=2, log_every_n_steps=6)
+        ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
+        with pytest.warns(UserWarning, match="exploding gradients on [1-9]"):
+            _trainer(root, [cb, ckpt], max_epochs=3, limit_train_batches=4).fit(model, ckpt_path=ckpt_path)
+        return cb
+
+    full = run(tmp_path / "a", None)
+    resumed = run(tmp_path / "b", str(next((tmp_path / "a" / "ckpt").glob("epoch=0-*.ckpt"))))
+    assert full._counts == resumed._counts
+    assert full._counts["exploding_steps"] == 3 and full._counts["nonfinite_steps"] == 0
+    assert full._recorded == resumed._recorded == 12
+    assert torch.equal(full._norms.nan_to_num(), resumed._norms.nan_to_num())
 
 
 class FlagOnRankOne(GradientHealth):
