@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -53,6 +54,8 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" / tips lines per run
 
 
 class RecordingTensorBoardLogger(TensorBoardLogger):
@@ -229,7 +232,9 @@ def run_variant(
         **variant.trainer,
     }
     if args.smoke:
-        trainer_kwargs.update(limit_train_batches=2, limit_val_batches=2, limit_test_batches=2, max_epochs=1)
+        trainer_kwargs.update(
+            limit_train_batches=2, limit_val_batches=2, limit_test_batches=2, max_epochs=1, log_every_n_steps=1
+        )
     trainer_kwargs["callbacks"] = [*variant.callbacks(), *trainer_kwargs.get("callbacks", [])]
     pl_trainer = Trainer(**trainer_kwargs)
     _write_settings(logger, experiment, variant, args, seed, data_kwargs, trainer_kwargs)
@@ -417,3 +422,42 @@ def curves_table(results: Sequence[Result], key: str, every: int = 1, fmt: str =
             cells.append(fmt.format(statistics.fmean(values)) if values else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def evaluate(
+    experiment: str,
+    name: str,
+    model: Classifier,
+    args: argparse.Namespace,
+    seed: int,
+    settings: Mapping[str, Any],
+    *,
+    data: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Validate and test an already trained ``model`` (e.g. an ensemble) as run ``<experiment>/<name>``.
+
+    Returns ``val_acc``, ``val_loss``, ``test_acc`` and ``test_loss`` as logged.
+    """
+    version = name if len(args.seeds) == 1 else f"{name}/seed{seed}"
+    run_dir = Path(args.log_dir, experiment, version)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    data_kwargs: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "batch_size": args.batch_size,
+        "val_size": args.val_size,
+        "train_subset": args.train_subset,
+        "seed": seed,
+        **(data or {}),
+    }
+    datamodule = FashionMNISTDataModule(**data_kwargs)
+    logger = RecordingTensorBoardLogger(args.log_dir, name=experiment, version=version, default_hp_metric=False)
+    limits = {"limit_val_batches": 2, "limit_test_batches": 2} if args.smoke else {}
+    trainer_kwargs: dict[str, Any] = {"accelerator": args.accelerator, "devices": 1, "callbacks": [], **limits}
+    trainer = Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
+    _write_settings(logger, experiment, Variant(name, lambda: model, settings=dict(settings)), args, seed, data_kwargs,
+                    trainer_kwargs)  # fmt: skip
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    logger.finalize("success")
+    return {key.replace("/", "_"): logger.values(key)[-1] for key in ("val/acc", "val/loss", "test/acc", "test/loss")}

@@ -36,7 +36,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     started = time.perf_counter()
-    args = parse_args(__doc__, argv, epochs=25, train_subset=5000, add_arguments=_arguments)
+    args = parse_args(__doc__, argv, epochs=20, train_subset=5000, add_arguments=_arguments)
     variants = [
         Variant(
             name=f"dropout_{rate:g}",
