@@ -3,41 +3,34 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _callback_helpers import (
+    callback_from_cli,
+    count_host_reads_in_hooks,
+    fixed_loader,
+    metrics_rows,
+    read_rank_json,
+    tiny_trainer,
+    write_rank_json,
+)
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_tricks.callbacks import GradientHealth
 from lightning_tricks.callbacks.gradient_health import GradientDiagnosis, diagnose_gradients
 
-FIXED_X = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
-
-
-def _trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> Trainer:
-    opts: dict[str, Any] = dict(
-        max_epochs=1,
-        limit_train_batches=8,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        callbacks=callbacks,
-    )
-    opts.update(kwargs)
-    return Trainer(**opts)
+_trainer = partial(tiny_trainer, limit_train_batches=8, limit_val_batches=0)
 
 
 class Planted(BoringModel):
@@ -51,7 +44,7 @@ class Planted(BoringModel):
         self.snapshots: list[tuple[list[torch.Tensor], dict]] = []
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(FIXED_X), batch_size=8, shuffle=False)
+        return fixed_loader(tensor_dataset=True)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict:
         loss = self.loss(self(batch[0]))
@@ -169,7 +162,7 @@ class DeepSigmoid(LightningModule):
         return self.net(batch[0]).square().mean()
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(FIXED_X), batch_size=8)
+        return fixed_loader(tensor_dataset=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -185,10 +178,8 @@ def test_vanishing_flagged_on_early_layers(tmp_path: Path) -> None:
     assert "net.0 (2/2 steps)" in message and "net.2 " in message  # the first layers
     assert "net.20 " not in message and "net.18 " not in message  # the last layers learn
     assert "normalization" in message and "Adam" in message
-    rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    col = header.index("grad_health/vanishing_layers")
-    assert float(rows[1].split(",")[col]) >= 3
+    rows = metrics_rows(tmp_path / "lightning_logs" / "version_0")
+    assert float(rows[0]["grad_health/vanishing_layers"]) >= 3
 
 
 def test_huge_learning_rate_flagged_as_exploding(tmp_path: Path) -> None:
@@ -329,7 +320,7 @@ class DDPRecorder(Planted):
         cb = next(c for c in self.trainer.callbacks if isinstance(c, GradientHealth))
         weights = [[p.tolist() for p in snap[0]] for snap in self.snapshots]
         record = {"weights": weights, "skipped": cb._counts["skipped_steps"]}
-        Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(record))
+        write_rank_json(self.out, self.global_rank, record)
 
 
 def test_ddp_every_rank_skips_when_any_rank_flags(tmp_path: Path) -> None:
@@ -338,7 +329,7 @@ def test_ddp_every_rank_skips_when_any_rank_flags(tmp_path: Path) -> None:
         tmp_path, [FlagOnRankOne(action="skip")], accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1
     )
     trainer.fit(model)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = read_rank_json(tmp_path)
     for rec in ranks:
         w = rec["weights"]
         assert rec["skipped"] == 2
@@ -368,42 +359,22 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
 
 
 def test_lightning_cli_builds_it(tmp_path: Path) -> None:
-    cli = LightningCLI(
-        BoringModel,
-        run=False,
-        args=[
+    cb = callback_from_cli(
+        GradientHealth,
+        [
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.callbacks+=GradientHealth",
             "--trainer.callbacks.action=skip",
             "--trainer.callbacks.explode_factor=4.0",
         ],
     )
-    cb = next(c for c in cli.trainer.callbacks if isinstance(c, GradientHealth))
     assert cb.action == "skip" and cb.explode_factor == 4.0
 
 
 def test_warn_mode_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Count host reads of tensors made inside the callback's hook (a CPU stand-in for CUDA sync debug mode)."""
-    state = {"inside": False, "reads": 0}
-    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self: torch.Tensor, *a: Any, _orig: Any = original, **k: Any) -> Any:
-            state["reads"] += state["inside"]
-            return _orig(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
     cb = GradientHealth(action="warn", log_every_n_steps=4)
-    hook = cb.on_before_optimizer_step
-
-    def wrapped(*args: Any) -> None:
-        state["inside"] = True
-        try:
-            hook(*args)
-        finally:
-            state["inside"] = False
-
-    cb.on_before_optimizer_step = wrapped  # type: ignore[method-assign]
+    state = count_host_reads_in_hooks(monkeypatch, cb, ("on_before_optimizer_step",))
     seed_everything(0)
     _trainer(tmp_path, [cb]).fit(Planted())
     assert state["reads"] == 2  # 8 steps, logging at steps 4 and 8: one transfer each
