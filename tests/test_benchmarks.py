@@ -1,0 +1,142 @@
+"""Smoke tests of the benchmark scripts in ``benchmarks/``: each one runs end to end in a tiny mode.
+
+They check that the scripts run and report consistent numbers, never how fast anything is (speed is what the scripts
+themselves measure, side by side).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (the scripts import their sibling ``_timing`` as a top-level module)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    if name == "_timing":
+        return importlib.import_module("_timing")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_lightning_log_levels() -> Iterator[None]:
+    """The scripts silence Lightning's loggers; give the other tests of the session their levels back."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
+def data_env(fashion_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_TRICKS_DATA", str(fashion_mnist_dir))
+
+
+def test_timing_helpers() -> None:
+    timing = load("_timing")
+    calls: list[str] = []
+    out = timing.interleave(["a", "b", "c"], 3, lambda name, r: calls.append(name) or f"{name}{r}")
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # every round rotates the order
+    assert out == {"a": ["a0", "a1", "a2"], "b": ["b0", "b1", "b2"], "c": ["c0", "c1", "c2"]}
+    table = timing.markdown_table(["x", "y"], [["row", 1.23456], ["tiny", 0.001234]]).splitlines()
+    assert table == ["| x | y |", "|---|---|", "| row | 1.235 |", "| tiny | 0.001234 |"]
+    settings = timing.device_settings("cpu")
+    assert (settings.precision, settings.channels_last, settings.on_device) == ("32-true", False, False)
+    with pytest.raises(ValueError, match=r"`device`.*'auto', 'cpu', 'cuda'.*'tpu'"):
+        timing.device_settings("tpu")
+    with pytest.raises(ValueError, match=r"`precision`.*'16-mixed'"):
+        timing.device_settings("cpu", "16-mixed")
+
+
+def test_trainer_vs_plain_smoke(data_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load("trainer_vs_plain")
+    for spec in bench.SETTINGS.values():
+        spec["data_args"] = {**spec["data_args"], "val_size": 64}
+    args = ["--settings", "cpu-mlp", "cpu-resnet", "--epochs", "2", "--repeats", "1", "--train-subset", "64"]
+    results = bench.main([*args, "--threads", "0"])
+    assert [r["setting"] for r in results] == ["cpu-mlp", "cpu-resnet"]
+    for r in results:
+        epoch = r["epoch_seconds_median"]
+        assert set(epoch) == {"plain", "lightning_minimal", "lightning_ours"}
+        assert all(seconds > 0 for seconds in epoch.values())
+        assert r["ratio_ours_over_plain"] == pytest.approx(epoch["lightning_ours"] / epoch["plain"])
+        assert r["ratio_minimal_over_plain"] == pytest.approx(epoch["lightning_minimal"] / epoch["plain"])
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0]) == results
+    assert "| cpu-mlp |" in out and "| cpu-resnet |" in out
+
+
+def test_trainer_vs_plain_loop_trains(data_env: None) -> None:
+    """The hand-written baseline does real training work: the network's weights change."""
+    bench = load("trainer_vs_plain")
+    settings = bench.device_settings("cpu")
+    bench.SETTINGS["cpu-mlp"]["data_args"] = {**bench.SETTINGS["cpu-mlp"]["data_args"], "train_subset": 64}
+    model, _ = bench.build("cpu-mlp", settings, 0, False)
+    before = [p.detach().clone() for p in model.net.parameters()]
+    original_build = bench.build
+    bench.build = lambda *a, **k: (model, original_build(*a, **k)[1])
+    times = bench.run_plain("cpu-mlp", settings, 2, 0, bench.make_clock(settings, "wall"), False)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert any(not p.equal(b) for p, b in zip(model.net.parameters(), before, strict=True))
+
+
+def test_callback_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load("callback_overhead")
+    args = ["--settings", "cpu-mlp", "--steps", "6", "--warmup", "1", "--repeats", "1", "--only", "EMA"]
+    results = bench.main([*args, "--threads", "0"])
+    assert [r["callbacks"] for r in results] == ["EMA", "all"]
+    for r in results:
+        assert r["steps_timed"] == 5
+        assert r["on_median_ms"] > 0 and r["off_median_ms"] > 0
+        assert r["ratio_median"] == pytest.approx(r["on_median_ms"] / r["off_median_ms"])
+        assert math.isfinite(r["ratio_mean"])
+    assert "| cpu-mlp | all |" in capsys.readouterr().out
+
+
+def test_callback_overhead_builds_every_callback() -> None:
+    bench = load("callback_overhead")
+    from lightning_tricks import callbacks
+
+    built = bench.make_callbacks(list(bench.CALLBACKS))
+    assert sorted(type(c).__name__ for c in built) == sorted(callbacks.__all__)
+
+
+def test_time_to_accuracy_smoke_and_merge(data_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load("time_to_accuracy")
+    tiny = ["--models", "mlp", "--epochs", "2", "--limit-batches", "2", "--target", "0.0"]
+    tiny += ["--set", "hidden_sizes=[32]", "batch_size=64", "resnet.width=3"]  # the resnet-scoped key is ignored
+    outputs = []
+    for seed in (0, 1):
+        results = bench.main([*tiny, "--seeds", str(seed)])
+        (run,) = results["models"]["mlp"]["runs"]
+        assert results["models"]["mlp"]["recipe"]["hidden_sizes"] == [32]
+        assert "width" not in results["models"]["mlp"]["recipe"]
+        assert run["epochs"] == 2 and len(run["val_acc_per_epoch"]) == 2
+        assert 0.0 <= run["test_acc"] <= 1.0 and run["fit_seconds"] > 0
+        assert run["val_target_epoch"] == 1  # target 0: reached after the first epoch
+        path = tmp_path / f"seed{seed}.txt"
+        path.write_text(capsys.readouterr().out)
+        outputs.append((path, run))
+    merged = bench.main(["--merge", *(str(path) for path, _ in outputs)])
+    summary = merged["models"]["mlp"]["summary"]
+    assert summary["seeds"] == 2
+    assert summary["test_acc_mean"] == pytest.approx((outputs[0][1]["test_acc"] + outputs[1][1]["test_acc"]) / 2)
+    assert summary["val_target_reached"] == "2/2"
+    assert "| mlp | fp32 | 2 | 2 |" in capsys.readouterr().out
