@@ -212,22 +212,14 @@ class GradientHealth(Callback):
 
     def _accumulate(self, diag: GradientDiagnosis, layers: list[str]) -> None:
         """Fold a diagnosis (of one or several steps) into the interval's device accumulators, in place."""
-        device = diag.total_norm.device
-        acc = self._interval
         if layers != self._layers:  # first check, or another optimizer's layers: start fresh vanishing counts
             self._layers = layers
-            acc.pop("vanishing", None)
-        if "exploding" not in acc or acc["exploding"].device != device:  # new interval, or restored on the CPU
-            zero = torch.zeros((), dtype=torch.int64, device=device)
-            acc["exploding"] = acc["exploding"].to(device) if "exploding" in acc else zero
-            acc["nonfinite"] = acc["nonfinite"].to(device) if "nonfinite" in acc else zero.clone()
-            if "vanishing" in acc:
-                acc["vanishing"] = acc["vanishing"].to(device)
-        if "vanishing" not in acc:
-            acc["vanishing"] = torch.zeros(len(layers), dtype=torch.int64, device=device)
-        acc["exploding"] += diag.exploding.sum()
-        acc["nonfinite"] += diag.nonfinite.sum()
-        acc["vanishing"] += diag.vanishing.reshape(-1, len(layers)).sum(dim=0)
+            self._interval.pop("vanishing", None)
+        acc, device = self._interval, diag.total_norm.device
+        counts = {"exploding": diag.exploding.sum(), "nonfinite": diag.nonfinite.sum()}  # int64
+        counts["vanishing"] = diag.vanishing.reshape(-1, len(layers)).sum(dim=0)
+        for key, count in counts.items():
+            acc[key] = count if key not in acc else acc[key].to(device).add_(count)  # `.to`: after a CPU restore
         acc["total_norm"] = diag.total_norm.reshape(-1)[-1]  # the last checked step's values
         acc["median_norm"] = diag.median_norm.reshape(-1)[-1]
         acc["min_layer_ratio"] = diag.min_layer_ratio.reshape(-1)[-1]
