@@ -207,8 +207,8 @@ class GradientHealth(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer, self._rows, self._layout = None, None, None
-        self._layouts.clear()
+        self._trainer, self._rows, self._layout, self._pending = None, None, None, 0
+        self._layouts.clear()  # drop the references to the parameters
 
     def _accumulate(self, diag: GradientDiagnosis, layers: list[str]) -> None:
         """Fold a diagnosis (of one or several steps) into the interval's device accumulators, in place."""
