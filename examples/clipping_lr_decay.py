@@ -12,8 +12,12 @@ What it shows, in two parts:
    0 over the run. Decay should let the last epochs settle into a lower loss and a better accuracy.
 
 Hardware: 2-core CPU VM (AMD EPYC, shared with other jobs), no GPU.
-Runtime: FILL
-Result: FILL
+Runtime: 108 s with the defaults (7 runs of 10 epochs on 10000 images), 2026-11-25, machine under load.
+Result: one seed. Clipping: without it the loss was NaN from the first epoch (test accuracy 0.10);
+clipping the total norm at 1 trained to loss 0.44, test accuracy 0.789; AGC (0.02) also trained (0.675, noisier).
+Reproduced. Decay: test accuracy 0.806 constant, 0.830 with x0.98/epoch, 0.854 with x0.8/epoch, 0.860 cosine;
+final training loss 0.310 / 0.287 / 0.271 / 0.243. Reproduced in direction; x0.98 over only 10 epochs lowers the lr
+by 17%, so its gain over constant is within one seed's noise. See examples/RESULTS.md.
 
 Run: ``python examples/clipping_lr_decay.py`` (``--clip-lr``, ``--decay-lr``, ``--epochs``, ``--seeds 0 1 2``, ...).
 """

@@ -9,8 +9,12 @@ weights' length from their direction. The tables give the usual results and the 
 are in TensorBoard: ``tensorboard --logdir logs/normalization``.
 
 Hardware: 2-core CPU VM (AMD EPYC, shared with other jobs), no GPU.
-Runtime: FILL
-Result: FILL
+Runtime: 76 s with the defaults (4 runs of 8 epochs on 10000 images), 2026-11-25, machine under load.
+Result: batch norm reached a training loss of 0.28 and test accuracy 0.842, layer norm 0.41 and
+0.773; without normalization the net sat at loss 2.30 for 5 epochs (PyTorch's default init shrinks the signal 8
+layers deep) and ended at 0.298 test accuracy. Weight norm behaved like no normalization (0.427): it keeps the
+initial weights, so the shrinking initial scale too. Reproduced for batch and layer norm; not for weight norm. See
+examples/RESULTS.md.
 
 Run: ``python examples/normalization.py`` (``--lr``, ``--depth``, ``--epochs``, ``--seeds 0 1 2``, ...).
 """

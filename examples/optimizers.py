@@ -10,8 +10,12 @@ training loss and the validation accuracy by epoch; the curves are in TensorBoar
 logs/optimizers``.
 
 Hardware: 2-core CPU VM (AMD EPYC, shared with other jobs), no GPU.
-Runtime: FILL
-Result: FILL
+Runtime: 111 s with the defaults (6 runs of 10 epochs on 10000 images), 2026-11-25, machine under load.
+Result: one seed. Adam reached the lowest training loss at every epoch (0.79 after epoch 1, 0.27 after
+10) and the best test accuracy (0.850); Adagrad and RMSprop were next in training loss (0.29) but less accurate
+(0.81 / 0.80, noisier validation curves); momentum (0.842) and Nesterov (0.815) beat plain SGD (0.742, whose
+validation accuracy jumped between 0.64 and 0.80). Reproduced: adaptive methods train fastest, momentum beats plain
+SGD; the ranking among the others is within one seed's noise. See examples/RESULTS.md.
 
 Run: ``python examples/optimizers.py`` (``--optimizers sgd adam``, ``--epochs``, ``--seeds 0 1 2``, ...).
 """

@@ -12,8 +12,14 @@ of the early-stopping run are those of its last epoch; its validation / test num
 weights. The ensemble's epochs and wall time are the sum over its members.
 
 Hardware: 2-core CPU VM (AMD EPYC, shared with other jobs), no GPU.
-Runtime: FILL
-Result: FILL
+Runtime: 131 s with the defaults (8 runs of up to 40 epochs on 1000 images), 2026-11-25, machine under load.
+Result: one seed. The baseline fit its 1000 images perfectly (train accuracy 1.000, loss 0.001) and
+reached test accuracy 0.807, test loss 1.136 (overconfident). Early stopping stopped at epoch 12 and restored the
+best-val-loss weights: test loss 0.621 but accuracy 0.789 (it optimizes the loss, not the accuracy). Decoupled weight
+decay (1.0) and EMA (0.98) left accuracy unchanged (0.806) and lowered the test loss a little (0.894, 1.042). The
+ensemble of 5 was the only clear accuracy gain: 0.835 against 0.803 for its members on average, test loss 0.561.
+Partly reproduced: at this scale only the ensemble improves accuracy; the others only improve calibration. See
+examples/RESULTS.md.
 
 Run: ``python examples/overfitting.py`` (``--members``, ``--weight-decay``, ``--ema-decay``, ``--epochs``, ...).
 """
