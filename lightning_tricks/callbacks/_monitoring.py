@@ -56,17 +56,19 @@ def logging_step(trainer: pl.Trainer) -> int:
 
     Valid from ``on_train_batch_start`` to ``on_train_batch_end``: Lightning increments the counter afterwards.
     """
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+    step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", None)
+    return int(trainer.global_step if step is None else step)  # (`global_step` is a property chain: only if needed)
 
 
-def is_logging_step(trainer: pl.Trainer, every_n_steps: int) -> bool:
+def is_logging_step(trainer: pl.Trainer, every_n_steps: int, step: int | None = None) -> bool:
     """Whether the current training batch is a logging step for an interval of ``every_n_steps`` (``0``: never).
 
-    Same rule as Lightning's ``LoggerConnector.should_update_logs``: ``(step + 1) % every_n_steps == 0``.
+    Same rule as Lightning's ``LoggerConnector.should_update_logs``: ``(step + 1) % every_n_steps == 0``, with
+    ``step`` the :func:`logging_step` (pass it when already at hand).
     """
     if every_n_steps <= 0:
         return False
-    return (logging_step(trainer) + 1) % every_n_steps == 0
+    return ((logging_step(trainer) if step is None else step) + 1) % every_n_steps == 0
 
 
 def to_host(tensors: Sequence[Tensor]) -> list[float]:

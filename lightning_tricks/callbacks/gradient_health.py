@@ -138,7 +138,10 @@ class GradientHealth(Callback):
         vanish_floor: a layer below this absolute gradient norm is vanishing (>= 0).
         history: how many recent finite total norms the running median uses.
         min_history: norms to record before the exploding test starts, in [1, history].
-        check_every_n_steps: check every N optimizer steps (others cost nothing).
+        check_every_n_steps: check every N optimizer steps (others cost nothing). What remains of a check's cost
+            in ``"warn"`` is mostly one read of every gradient (``_foreach_norm``): ~2-3% of a step for a
+            784-256-256-10 MLP on one CPU thread, negligible next to a GPU step; N > 1 divides it by N but leaves
+            the other steps unseen (with ``"skip"`` / ``"stop"``, unprotected).
         log_every_n_steps: log and warn every N steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
 
     Raises:
@@ -243,7 +246,7 @@ class GradientHealth(Callback):
         step = logging_step(trainer)
         if step % self.check_every_n_steps == 0:
             self._check(trainer, pl_module, optimizer)
-        if is_logging_step(trainer, self._every_n):
+        if is_logging_step(trainer, self._every_n, step):
             self._flush(trainer)
 
     def _diagnose(self, trainer: pl.Trainer | None, layer_norms: Tensor) -> GradientDiagnosis:
