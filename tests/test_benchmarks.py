@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -35,13 +36,15 @@ def load(name: str) -> ModuleType:
 
 
 @pytest.fixture(autouse=True)
-def _restore_lightning_log_levels() -> Iterator[None]:
-    """The scripts silence Lightning's loggers; give the other tests of the session their levels back."""
+def _restore_global_state() -> Iterator[None]:
+    """The scripts silence Lightning's loggers and may set torch's thread count: give the other tests them back."""
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     levels = {name: logging.getLogger(name).level for name in names}
+    threads = torch.get_num_threads()
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -70,8 +73,9 @@ def test_trainer_vs_plain_smoke(data_env: None, capsys: pytest.CaptureFixture[st
     for spec in bench.SETTINGS.values():
         spec["data_args"] = {**spec["data_args"], "val_size": 64}
     args = ["--settings", "cpu-mlp", "cpu-resnet", "--epochs", "2", "--repeats", "1", "--train-subset", "64"]
-    results = bench.main([*args, "--threads", "0"])
+    results = bench.main([*args, "--threads", "1"])
     assert [r["setting"] for r in results] == ["cpu-mlp", "cpu-resnet"]
+    assert all(r["hardware"].endswith("1 torch threads") for r in results)
     for r in results:
         epoch = r["epoch_seconds_median"]
         assert set(epoch) == {"plain", "lightning_minimal", "lightning_ours"}
