@@ -146,18 +146,22 @@ class WeightNormMonitor(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        epoch = trainer.current_epoch
+        every_epochs = self.histogram_every_n_epochs
+        histogram_now = every_epochs is not None and epoch % every_epochs == 0 and self._histogram_epoch != epoch
+        log_now = is_logging_step(trainer, self._every_n)
+        if not (histogram_now or log_now):
+            return  # neither a histogram nor a logging step: no parameter walk, no kernels, no sync
         named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
         if not named:
             return
-        epoch = trainer.current_epoch
-        every_epochs = self.histogram_every_n_epochs
-        if every_epochs is not None and epoch % every_epochs == 0 and self._histogram_epoch != epoch:
+        if histogram_now:
             self._histogram_epoch = epoch
             tensors = {f"weight_hist/{n}": p for n, p in named}
             tensors.update({f"grad_hist/{n}": p.grad for n, p in named if p.grad is not None})
             add_histograms(trainer, tensors)
-        if not is_logging_step(trainer, self._every_n):
-            return  # not a logging step: no kernels, no sync
+        if not log_now:
+            return
         names, params = [n for n, _ in named], [p for _, p in named]
         weight_norms, grad_norms, total = weight_grad_norms(params, [p.grad for p in params])
         with torch.no_grad():
