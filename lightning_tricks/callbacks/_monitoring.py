@@ -71,6 +71,15 @@ def is_logging_step(trainer: pl.Trainer, every_n_steps: int, step: int | None = 
     return ((logging_step(trainer) if step is None else step) + 1) % every_n_steps == 0
 
 
+def trainer_logs_now(trainer: pl.Trainer) -> bool:
+    """Whether this training batch's step metrics reach the loggers: Lightning's own rule (``should_update_logs``).
+
+    For callbacks that log at the Trainer's ``log_every_n_steps`` (a callback with its own interval uses
+    :func:`is_logging_step`). Lightning has no public equivalent of this property.
+    """
+    return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
+
+
 def to_host(tensors: Sequence[Tensor]) -> list[float]:
     """Copy many tensors to the host with ONE transfer: flatten, concatenate on the device, then ``tolist()``.
 

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks.callbacks._monitoring import trainer_logs_now
+
 ClipMode = Literal["norm", "value", "agc", "auto"]
 _MODES = ("norm", "value", "agc", "auto")
 
@@ -79,11 +81,6 @@ def autoclip_threshold(history: Tensor, percentile: float) -> Tensor:
     ``history`` (unused slots and non-finite norms are NaN). Returns ``inf`` (no clipping) if there is none."""
     threshold = torch.nanquantile(history, percentile / 100.0)
     return torch.nan_to_num(threshold, nan=math.inf)
-
-
-def _should_log(trainer: pl.Trainer) -> bool:
-    # The rule Lightning's logger connector uses to decide whether this batch's step metrics reach the loggers.
-    return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
 
 
 class GradientClipping(Callback):
@@ -206,7 +203,7 @@ class GradientClipping(Callback):
         if not params:
             return
         grads = [p.grad for p in params]
-        log = _should_log(trainer)
+        log = trainer_logs_now(trainer)
         total_norm: Tensor | None = None  # pre-clip norm; for "value" / "agc" only computed when logging
         threshold: Tensor | float = self.threshold
         if self.mode == "norm":

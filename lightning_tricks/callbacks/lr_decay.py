@@ -18,6 +18,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks.callbacks._monitoring import trainer_logs_now
+
 DecayMode = Literal["exponential", "step", "cosine", "linear"]
 Interval = Literal["epoch", "step"]
 _MODES = ("exponential", "step", "cosine", "linear")
@@ -69,11 +71,6 @@ def scheduled_lr(
     if mode in ("exponential", "step"):
         return max(initial_lr * f, min_lr)
     return min_lr + (initial_lr - min_lr) * f
-
-
-def _should_log(trainer: pl.Trainer) -> bool:
-    # The rule Lightning's logger connector uses to decide whether this batch's step metrics reach the loggers.
-    return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
 
 
 class LRDecay(Callback):
@@ -232,7 +229,7 @@ class LRDecay(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         lrs = self._apply(trainer)
-        if _should_log(trainer):
+        if trainer_logs_now(trainer):
             metrics = {f"lr/opt{i}_group{j}": lr for i, group_lrs in enumerate(lrs) for j, lr in enumerate(group_lrs)}
             pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks.callbacks._monitoring import trainer_logs_now
+
 DecayMode = Literal["l2", "decoupled"]
 _MODES = ("l2", "decoupled")
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
@@ -71,11 +73,6 @@ def l2_penalty(params: Iterable[Tensor], coefficient: float) -> Tensor:
         return torch.zeros(())
     norms = torch.stack([n.float() for n in torch._foreach_norm(params)])
     return 0.5 * coefficient * norms.square().sum()
-
-
-def _should_log(trainer: pl.Trainer) -> bool:
-    # The rule Lightning's logger connector uses to decide whether this batch's step metrics reach the loggers.
-    return bool(trainer.loggers) and trainer._logger_connector.should_update_logs
 
 
 class WeightDecay(Callback):
@@ -147,7 +144,7 @@ class WeightDecay(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        if _should_log(trainer) and self._logged_step != trainer.global_step:
+        if trainer_logs_now(trainer) and self._logged_step != trainer.global_step:
             self._logged_step = trainer.global_step
             # Deliberate host sync, once per logging interval.
             penalty = l2_penalty(self._params, self.coefficient).item()
