@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _options import constructor_options as _constructor_options
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 
@@ -44,3 +45,9 @@ def fashion_mnist_dir() -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def constructor_options():
+    """``constructor_options(cls)``: the options of ``cls.__init__``, ``**kwargs`` expanded to the base class's."""
+    return _constructor_options

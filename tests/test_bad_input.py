@@ -1,8 +1,9 @@
 """Bad input: every public option of every callback, model and data module rejects invalid values with a
 ``ValueError`` naming the option; CLI typos give jsonargparse's errors; wrong channels / classes give clear messages.
 
-The option list comes from ``inspect.signature`` of each public class, so a new option fails
-``test_every_option_is_covered`` until it gets invalid values in ``INVALID`` or a reason in ``FREE_FORM``.
+The option list comes from ``inspect.signature`` of each public class (a model's ``**kwargs`` expanded to
+``Classifier``'s), so a new option fails ``test_every_option_is_covered`` until it gets invalid values in
+``INVALID`` or a reason in ``FREE_FORM``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from _options import constructor_options
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -125,10 +127,6 @@ def _is_flag(parameter: inspect.Parameter) -> bool:
     return str(parameter.annotation) in ("bool", "bool | None")
 
 
-def _options(cls: type) -> list[inspect.Parameter]:
-    return [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-
-
 def _lookup(table: dict[str, Any], class_name: str, option: str) -> Any:
     return table.get(f"{class_name}.{option}", table.get(option))
 
@@ -136,7 +134,7 @@ def _lookup(table: dict[str, Any], class_name: str, option: str) -> Any:
 def _cases() -> list[Any]:
     cases = []
     for class_name, cls in CLASSES.items():
-        for parameter in _options(cls):
+        for parameter in constructor_options(cls):
             for value in _lookup(INVALID, class_name, parameter.name) or []:
                 cases.append(
                     pytest.param(class_name, parameter.name, value, id=f"{class_name}.{parameter.name}={value!r}")
@@ -149,7 +147,7 @@ def test_every_option_is_covered():
     missing = [
         f"{class_name}.{p.name}"
         for class_name, cls in CLASSES.items()
-        for p in _options(cls)
+        for p in constructor_options(cls)
         if not _is_flag(p)
         and _lookup(INVALID, class_name, p.name) is None
         and _lookup(FREE_FORM, class_name, p.name) is None

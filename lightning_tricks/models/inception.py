@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d
 from typing_extensions import override
 
-from lightning_tricks.models.classifier import Classifier, LRScheduleName, OptimizerName, check_range
+from lightning_tricks.models.classifier import Classifier, check_range
 
 
 class InceptionBlock(nn.Module):
@@ -88,8 +90,9 @@ class InceptionClassifier(Classifier):
         stem_channels: output channels of the 3x3 stem convolution.
         factorize_5x5: build the 5x5 branch as two 3x3 convolutions (Inception-v2/v3) instead of one 5x5.
         dropout: dropout probability before the linear head, in [0, 1).
-        optimizer, lr, momentum, weight_decay, label_smoothing, lr_schedule, num_classes, in_channels, channels_last,
-            compile: see ``Classifier``.
+        **kwargs: the ``Classifier`` options (``optimizer``, ``lr``, ``momentum``, ``weight_decay``,
+            ``label_smoothing``, ``lr_schedule``, ``num_classes``, ``in_channels``, ``channels_last``, ``compile``);
+            LightningCLI and ``save_hyperparameters`` see them as options of this class.
 
     Raises:
         ValueError: an option outside its allowed values or range.
@@ -106,32 +109,14 @@ class InceptionClassifier(Classifier):
         stem_channels: int = 32,
         factorize_5x5: bool = True,
         dropout: float = 0.0,
-        optimizer: OptimizerName = "adam",
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        label_smoothing: float = 0.0,
-        lr_schedule: LRScheduleName = "none",
-        num_classes: int = 10,
-        in_channels: int = 1,
-        channels_last: bool = False,
-        compile: bool = False,
+        **kwargs: Any,
     ) -> None:
         if not stages or any(not isinstance(blocks, int) or blocks < 1 for blocks in stages):
             raise ValueError(f"Expected argument `stages` to be a non-empty list of positive ints, but got {stages}.")
         check_range("width", width, 1)
         check_range("stem_channels", stem_channels, 1)
         check_range("dropout", dropout, 0.0, 1.0)
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            label_smoothing=label_smoothing,
-            lr_schedule=lr_schedule,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            channels_last=channels_last,
-            compile=compile,
+        super().__init__(**kwargs)
+        self.net = build_inception(
+            self.in_channels, self.num_classes, list(stages), width, stem_channels, factorize_5x5, dropout
         )
-        self.net = build_inception(in_channels, num_classes, list(stages), width, stem_channels, factorize_5x5, dropout)

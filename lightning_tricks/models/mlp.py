@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 from typing_extensions import override
 
-from lightning_tricks.models.classifier import Classifier, LRScheduleName, OptimizerName, check_choice, check_range
+from lightning_tricks.models.classifier import Classifier, check_choice, check_range
 
 ActivationName = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu", "selu", "identity"]
 MLPNormName = Literal["none", "batch", "layer", "weight"]
@@ -73,8 +73,9 @@ class MLPClassifier(Classifier):
         norm: ``"none"``, ``"batch"``, ``"layer"`` or ``"weight"``.
         dropout: dropout probability after each hidden activation, in [0, 1).
         input_size: number of input features, ``in_channels * H * W`` (784 for 28x28 grey images).
-        optimizer, lr, momentum, weight_decay, label_smoothing, lr_schedule, num_classes, in_channels, channels_last,
-            compile: see ``Classifier``.
+        **kwargs: the ``Classifier`` options (``optimizer``, ``lr``, ``momentum``, ``weight_decay``,
+            ``label_smoothing``, ``lr_schedule``, ``num_classes``, ``in_channels``, ``channels_last``, ``compile``);
+            LightningCLI and ``save_hyperparameters`` see them as options of this class.
 
     Raises:
         ValueError: an option outside its allowed values or range.
@@ -92,16 +93,7 @@ class MLPClassifier(Classifier):
         norm: MLPNormName = "none",
         dropout: float = 0.0,
         input_size: int = 784,
-        optimizer: OptimizerName = "adam",
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        label_smoothing: float = 0.0,
-        lr_schedule: LRScheduleName = "none",
-        num_classes: int = 10,
-        in_channels: int = 1,
-        channels_last: bool = False,
-        compile: bool = False,
+        **kwargs: Any,
     ) -> None:
         check_choice("activation", activation, ActivationName)
         check_choice("norm", norm, MLPNormName)
@@ -110,20 +102,9 @@ class MLPClassifier(Classifier):
         for size in hidden_sizes:
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"Expected argument `hidden_sizes` to hold positive integers, but got {hidden_sizes}.")
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            label_smoothing=label_smoothing,
-            lr_schedule=lr_schedule,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            channels_last=channels_last,
-            compile=compile,
-        )
+        super().__init__(**kwargs)
         self.input_size = input_size
-        self.net = build_mlp(input_size, list(hidden_sizes), num_classes, activation, norm, dropout)
+        self.net = build_mlp(input_size, list(hidden_sizes), self.num_classes, activation, norm, dropout)
 
     @override
     def _check_batch(self, x: Tensor, y: Tensor, batch_idx: int) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from lightning_tricks.models.classifier import Classifier, LRScheduleName, OptimizerName, check_range
+from lightning_tricks.models.classifier import Classifier, check_range
 
 
 def build_resnet(
@@ -70,8 +72,9 @@ class ResNetClassifier(Classifier):
         width: channels of the stem and the first stage.
         dropout: dropout probability before the linear head, in [0, 1).
         zero_init_residual: start the last BatchNorm of every residual branch at zero (Goyal et al., 2017).
-        optimizer, lr, momentum, weight_decay, label_smoothing, lr_schedule, num_classes, in_channels, channels_last,
-            compile: see ``Classifier``.
+        **kwargs: the ``Classifier`` options (``optimizer``, ``lr``, ``momentum``, ``weight_decay``,
+            ``label_smoothing``, ``lr_schedule``, ``num_classes``, ``in_channels``, ``channels_last``, ``compile``);
+            LightningCLI and ``save_hyperparameters`` see them as options of this class.
 
     Raises:
         ValueError: an option outside its allowed values or range.
@@ -87,31 +90,11 @@ class ResNetClassifier(Classifier):
         width: int = 64,
         dropout: float = 0.0,
         zero_init_residual: bool = False,
-        optimizer: OptimizerName = "adam",
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        label_smoothing: float = 0.0,
-        lr_schedule: LRScheduleName = "none",
-        num_classes: int = 10,
-        in_channels: int = 1,
-        channels_last: bool = False,
-        compile: bool = False,
+        **kwargs: Any,
     ) -> None:
         if not stages or any(not isinstance(blocks, int) or blocks < 1 for blocks in stages):
             raise ValueError(f"Expected argument `stages` to be a non-empty list of positive ints, but got {stages}.")
         check_range("width", width, 1)
         check_range("dropout", dropout, 0.0, 1.0)
-        super().__init__(
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            label_smoothing=label_smoothing,
-            lr_schedule=lr_schedule,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            channels_last=channels_last,
-            compile=compile,
-        )
-        self.net = build_resnet(in_channels, num_classes, list(stages), width, dropout, zero_init_residual)
+        super().__init__(**kwargs)
+        self.net = build_resnet(self.in_channels, self.num_classes, list(stages), width, dropout, zero_init_residual)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -64,12 +63,14 @@ def test_invalid_options_raise(kwargs: dict, match: str) -> None:
         InceptionClassifier(**kwargs)
 
 
-def test_lightning_cli_sees_every_option_and_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lightning_cli_sees_every_option_and_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, constructor_options
+) -> None:
     monkeypatch.setattr(sys, "argv", ["lightning-tricks"])  # LightningCLI must read only `args`
     args = ["--model.stages=[1]", "--model.width=2", "--model.stem_channels=4", "--model.factorize_5x5=false"]
     trainer_args = [f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.max_steps=2"]
     cli = LightningCLI(InceptionClassifier, run=False, args=args + trainer_args, save_config_callback=None)
-    assert set(inspect.signature(InceptionClassifier).parameters) <= set(cli.config.model.keys())
+    assert {p.name for p in constructor_options(InceptionClassifier)} <= set(cli.config.model.keys())
     model = cli.model
     assert 5 in kernel_sizes(model)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -91,7 +90,9 @@ def test_input_size_mismatch_is_a_clear_error() -> None:
         model.training_step((torch.zeros(2, 1, 5, 5), torch.tensor([0, 1])), 0)
 
 
-def test_lightning_cli_sees_and_sets_every_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lightning_cli_sees_and_sets_every_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, constructor_options
+) -> None:
     monkeypatch.setattr(sys, "argv", ["lightning-tricks"])  # LightningCLI must read only `args`
     args = [
         "--model.optimizer=sgd",
@@ -106,7 +107,7 @@ def test_lightning_cli_sees_and_sets_every_option(tmp_path: Path, monkeypatch: p
         "--trainer.logger=false",
     ]
     cli = LightningCLI(MLPClassifier, run=False, args=args, save_config_callback=None)
-    assert set(inspect.signature(MLPClassifier).parameters) <= set(cli.config.model.keys())
+    assert {p.name for p in constructor_options(MLPClassifier)} <= set(cli.config.model.keys())
     model = cli.model
     assert isinstance(model, MLPClassifier)
     assert model.hparams.optimizer == "sgd" and model.hparams.hidden_sizes == [512, 256]
