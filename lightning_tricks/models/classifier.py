@@ -90,7 +90,7 @@ class Classifier(LightningModule):
     ``LRDecay`` callback for the classic per-epoch decays.
 
     Hooks: the loss and metrics run in ``training_step`` / ``validation_step`` / ``test_step``; ``channels_last`` and
-    ``compile`` are applied once in ``configure_model`` (before DDP wraps the model); the HPARAMS record is written in
+    ``compile`` are applied once in ``setup`` (before DDP wraps the model); the HPARAMS record is written in
     ``setup``. Cost: no host-device synchronization on the hot path; everything stays a tensor until Lightning logs it.
 
     Input checks: the shapes and dtypes of ``x`` and ``y`` are checked on every batch (free: shapes live on the host).
@@ -120,7 +120,7 @@ class Classifier(LightningModule):
         channels_last: convert the network and its inputs to the channels-last memory format (faster convolutions
             with AMP on tensor-core GPUs).
         compile: ``torch.compile`` the network in place (``nn.Module.compile``, state-dict keys unchanged) in
-            ``configure_model``.
+            ``setup``.
 
     Raises:
         ValueError: an option outside its allowed values or range.
@@ -193,9 +193,13 @@ class Classifier(LightningModule):
         return self.net(x)
 
     # ----------------------------------------------------------------------------------------------------- set-up
-    @override
-    def configure_model(self) -> None:
-        """Apply ``channels_last`` and ``compile`` to ``self.net`` once, before the strategy wraps the model."""
+    def prepare_net(self) -> None:
+        """Apply ``channels_last`` and ``compile`` to ``self.net``, once (later calls do nothing).
+
+        Called from ``setup``, which runs before the strategy wraps the model. Not in ``configure_model``: Lightning
+        reserves that hook for sharded layer creation, and its ``WeightAveraging`` (hence ``EMA``) warns about any
+        model that overrides it.
+        """
         if self._net_prepared:
             return
         self._net_prepared = True
@@ -206,7 +210,8 @@ class Classifier(LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        """Write the TensorBoard HPARAMS record (configuration + metric keys); see the class docstring."""
+        """Prepare the network (``prepare_net``) and write the TensorBoard HPARAMS record (see the class docstring)."""
+        self.prepare_net()
         self._log_hparams_for_tensorboard()
 
     def _log_hparams_for_tensorboard(self) -> None:

@@ -74,9 +74,9 @@ class EnsembleClassifier(Classifier):
     returns the averaged probabilities. Cost: one forward pass per member.
 
     It has no trainable parameters of its own, so ``trainer.fit`` is refused in ``setup``: train the members, then
-    ensemble them. The members are frozen (``requires_grad=False``) and their ``configure_model`` (``channels_last``,
-    ``compile``) runs in the ensemble's. A checkpoint of the ensemble reloads when it was built from ``checkpoints``
-    (the member files are read again); one built from ``members`` needs them again:
+    ensemble them. The members are frozen (``requires_grad=False``) and their ``prepare_net`` (``channels_last``,
+    ``compile``) runs in the ensemble's ``setup``. A checkpoint of the ensemble reloads when it was built from
+    ``checkpoints`` (the member files are read again); one built from ``members`` needs them again:
     ``EnsembleClassifier.load_from_checkpoint(path, members=[...])``.
 
     Args:
@@ -128,10 +128,10 @@ class EnsembleClassifier(Classifier):
         return average_probabilities([member(x) for member in self.members])
 
     @override
-    def configure_model(self) -> None:
+    def prepare_net(self) -> None:
         """Let every member apply its own ``channels_last`` / ``compile`` settings."""
         for member in self.members:
-            member.configure_model()
+            member.prepare_net()
 
     @override
     def setup(self, stage: str) -> None:

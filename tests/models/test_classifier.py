@@ -220,12 +220,12 @@ def test_tensorboard_hparams_tab_lists_val_and_test_metrics(tmp_path: Path, defa
     assert ("hp_metric" in scalars) == default_hp_metric  # Lightning's own placeholder, ignored by the tab
 
 
-def test_channels_last_and_compile_applied_once_in_configure_model() -> None:
+def test_channels_last_and_compile_applied_once_in_setup() -> None:
     from lightning_tricks.models import ResNetClassifier
 
     model = ResNetClassifier(stages=[1], width=4, channels_last=True, compile=True)
-    model.configure_model()
-    model.configure_model()  # idempotent
+    model.setup("fit")
+    model.setup("test")  # idempotent
     conv = model.net[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.net._compiled_call_impl is not None  # nn.Module.compile: compiled lazily on first call
@@ -256,3 +256,25 @@ def test_ddp_validation_metrics_are_reduced_over_ranks(tmp_path: Path) -> None:
     results = ddp_trainer.validate(_ConstantClassifier(), data, verbose=False)[0]
     assert results["val/acc"] == pytest.approx(0.5)
     assert results["val/loss"] == pytest.approx((-math.log(0.7) - math.log(0.3 / 9)) / 2, rel=1e-5)
+
+
+def test_ema_on_a_classifier_gives_no_configure_model_warning(tmp_path: Path) -> None:
+    """Lightning's WeightAveraging warns about models that override ``configure_model``; Classifier must not."""
+    import warnings
+
+    from lightning_tricks.callbacks import EMA
+
+    data = DataLoader(TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))), batch_size=8)
+    trainer = Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[EMA(decay=0.5)],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(MLPClassifier(hidden_sizes=[8]), data)
+    assert not [w for w in caught if "configure_model" in str(w.message)]
