@@ -424,6 +424,11 @@ def curves_table(results: Sequence[Result], key: str, every: int = 1, fmt: str =
     return "\n".join(lines)
 
 
+def results_and_curves(results: Sequence[Result], *curve_keys: str) -> str:
+    """The default results table followed by one :func:`curves_table` per key, as markdown."""
+    return "\n\n".join([results_table(results, DEFAULT_COLUMNS), *(curves_table(results, key) for key in curve_keys)])
+
+
 def evaluate(
     experiment: str,
     name: str,

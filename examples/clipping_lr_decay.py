@@ -28,7 +28,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from _common import DEFAULT_COLUMNS, Result, Variant, curves_table, parse_args, report, results_table
+from _common import Result, Variant, parse_args, report, results_and_curves
 from _common import run_experiment as run
 from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -103,13 +103,9 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     decay_results = [r for r in results if r.variant in decay_options]
     table = (
         f"Clipping: {args.clip_depth} x 256 ReLU MLP, Kaiming init, plain SGD lr {args.clip_lr:g}:\n\n"
-        + results_table(clip_results, DEFAULT_COLUMNS)
-        + "\n\n"
-        + curves_table(clip_results, "train/loss_epoch")
+        + results_and_curves(clip_results, "train/loss_epoch")
         + f"\n\nLearning-rate decay: 512-256 ReLU MLP, SGD + momentum 0.9, lr {args.decay_lr:g}:\n\n"
-        + results_table(decay_results, DEFAULT_COLUMNS)
-        + "\n\n"
-        + curves_table(decay_results, "val/acc")
+        + results_and_curves(decay_results, "val/acc")
     )
     report(EXPERIMENT, table, args, started)
     return results

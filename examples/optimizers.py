@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from _common import DEFAULT_COLUMNS, Result, Variant, curves_table, parse_args, report, results_table
+from _common import Result, Variant, parse_args, report, results_and_curves
 from _common import run_experiment as run
 
 from lightning_tricks.models import MLPClassifier
@@ -61,13 +61,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         for name in args.optimizers
     ]
     results = run(EXPERIMENT, variants, args)
-    table = (
-        results_table(results, DEFAULT_COLUMNS)
-        + "\n\n"
-        + curves_table(results, "train/loss_epoch")
-        + "\n\n"
-        + curves_table(results, "val/acc")
-    )
+    table = results_and_curves(results, "train/loss_epoch", "val/acc")
     report(EXPERIMENT, table, args, started)
     return results
 
