@@ -97,12 +97,12 @@ def time_update(spec: dict[str, int], variant: str, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--calls", type=int, default=50)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": args.repeats}
     for name, spec in MODELS.items():
@@ -132,6 +132,7 @@ def main() -> None:
             f"{r['update_lightning_over_ours']:>8.2f} {m['step_none'] * 1e3:>8.2f}ms {r['step_ours_over_none']:>10.3f} "
             f"{r['step_lightning_over_none']:>8.3f}"
         )
+    return results
 
 
 if __name__ == "__main__":

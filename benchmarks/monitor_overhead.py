@@ -193,7 +193,7 @@ def measure(
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     for note in notes:
         print(f"Note: {note}")
+    return results
 
 
 if __name__ == "__main__":

@@ -144,3 +144,22 @@ def test_time_to_accuracy_smoke_and_merge(data_env: None, tmp_path: Path, capsys
     assert summary["test_acc_mean"] == pytest.approx((outputs[0][1]["test_acc"] + outputs[1][1]["test_acc"]) / 2)
     assert summary["val_target_reached"] == "2/2"
     assert "| mlp | fp32 | 2 | 2 |" in capsys.readouterr().out
+
+
+def test_ema_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    results = load("ema_overhead").main(["--repeats", "1", "--steps", "3", "--calls", "2"])
+    for name in ("small_mlp", "big_mlp"):
+        assert name in results, sorted(results)
+        for key in ("update_lightning_over_ours", "step_ours_over_none", "step_lightning_over_none"):
+            assert math.isfinite(results[name][key]) and results[name][key] > 0
+    assert "PL/ours" in capsys.readouterr().out
+
+
+def test_monitor_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    results = load("monitor_overhead").main(
+        ["--settings", "cpu-mlp", "--steps", "4", "--warmup", "1", "--repeats", "1"]
+    )
+    assert {r["monitors"] for r in results} >= {"all"}
+    assert all(math.isfinite(r["ratio_median"]) and r["ratio_median"] > 0 for r in results)
+    printed = capsys.readouterr().out
+    assert "| cpu-mlp | all |" in printed and "ratio median" in printed
