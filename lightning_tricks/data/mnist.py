@@ -9,6 +9,7 @@ of Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutio
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -41,6 +42,12 @@ _FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _VALUE_RANGES = get_args(ValueRange)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_mean(images: Tensor) -> float:
+    """Mean pixel of a uint8 image tensor in [0, 1], once per tensor (``load_pair``'s are cached, never modified)."""
+    return float(images.sum(dtype=torch.float64)) / (255.0 * images.numel())
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -201,7 +208,7 @@ class _MNISTLikeDataModule(LightningDataModule):
                 f"Expected `val_size` to be smaller than the {train_x.shape[0]} training samples, "
                 f"but got {self.val_size}."
             )
-        mean = float(train_x.sum(dtype=torch.float64)) / (255.0 * train_x.numel())
+        mean = _pixel_mean(train_x)
         if abs(mean - self.mean) > 0.01:
             rank_zero_warn(
                 f"{self.dataset_name}: the training images in {files[_FILES['train'][0]]} have mean {mean:.4f}, "
