@@ -11,8 +11,9 @@ name on the command line or in YAML::
 
 What this adds to LightningCLI:
 
-- the default logger is ``TensorBoardLogger(save_dir="logs")``, and the resolved config is saved beside each run
-  (``logs/<name>/version_<n>/config.yaml``) so every TensorBoard run says how it was made;
+- the default logger is ``TensorBoardLogger(save_dir="logs", default_hp_metric=False)`` (the models write their own
+  HPARAMS record with the real metrics, so no ``hp_metric`` placeholder), and the resolved config is saved beside
+  each run (``logs/<name>/version_<n>/config.yaml``) so every TensorBoard run says how it was made;
 - ``fit --test_after_fit true`` (the default) evaluates the best checkpoint (or the final weights when there is no
   checkpoint) on the test set after training, prints the test accuracy and the command that opens TensorBoard;
 - ``fit`` saves a checkpoint when the job receives SIGTERM (what cluster schedulers send before killing a job, see
@@ -173,7 +174,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
     trainer_defaults: dict[str, Any] = {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": DEFAULT_LOG_DIR, "name": "default"},
+            "init_args": {"save_dir": DEFAULT_LOG_DIR, "name": "default", "default_hp_metric": False},
         },
     }
     return TricksCLI(
