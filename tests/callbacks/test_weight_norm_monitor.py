@@ -112,6 +112,9 @@ def test_logs_norms_before_clipping_ratios_histograms_and_layout(tmp_path: Path)
     assert all(0 < r < 1e-2 for r in ratios.values())
     # two epochs -> histograms of weights and gradients written twice
     assert len(acc.Histograms("weight_hist/layer.weight")) == 2 and len(acc.Histograms("grad_hist/layer.bias")) == 2
+    final = acc.Histograms("weight_hist/layer.weight")[-1].histogram_value  # the second epoch's first step
+    assert final.num == model.layer.weight.numel() and sum(final.bucket) == final.num
+    assert final.min <= final.max and len(final.bucket_limit) == len(final.bucket)
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     assert charts["gradient norm (before clipping)"] == ["grad_norm/.*"]
@@ -203,3 +206,14 @@ def test_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyP
     seed_everything(0)
     _trainer(tmp_path, [cb], logger=CSVLogger(tmp_path)).fit(BoringModel())
     assert state["reads"] == 2  # 8 steps, logging at steps 4 and 8: one transfer each
+
+
+def test_histogram_stats_on_hand_computed_tensors() -> None:
+    from lightning_tricks.callbacks._monitoring import histogram_stats
+
+    values = torch.tensor([0.0, 1.0, 2.0, 3.0, float("nan"), float("inf")])  # non-finite values are left out
+    constant = torch.full((4,), 2.0)
+    table = histogram_stats([values, constant], bins=3)
+    # min, max, count, sum, sum of squares, then 3 equal buckets over [min, max]: [0, 1), [1, 2), [2, 3]
+    assert table[0].tolist() == [0.0, 3.0, 4.0, 6.0, 14.0, 1.0, 1.0, 2.0]
+    assert table[1].tolist() == [2.0, 2.0, 4.0, 8.0, 16.0, 4.0, 0.0, 0.0]
