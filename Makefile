@@ -6,7 +6,6 @@ setup:
 
 train: setup
 	.venv/bin/lightning-tricks fit --config examples/configs/mlp.yaml
-	@echo "View the runs: .venv/bin/tensorboard --logdir logs  (then open http://localhost:6006)"
 
 test: setup
 	.venv/bin/python -m pytest -q
