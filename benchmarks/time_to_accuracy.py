@@ -8,9 +8,9 @@ whether the mean test accuracy reaches the target.
 
 Settings: on a CUDA GPU ``bf16-mixed``, ``channels_last`` and on-device data (the data module's ``on_device=True``:
 batches and augmentation made on the GPU), as in ``examples/configs/{resnet,inception}.yaml``; on the CPU fp32 and
-the normal in-memory loader. Each model's recipe is ``RECIPES[model]`` below, changeable with ``--set key=value``
-(model or data options, e.g. ``--set lr=0.002 mlp.hidden_sizes=[2048,2048] batch_size=512``; a ``model.`` prefix
-limits the override to that model).
+the normal in-memory loader. Each model's recipe is ``examples/configs/<model>.yaml`` (what ``lightning-tricks fit``
+trains), changeable with ``--set key=value`` (model or data options, e.g. ``--set lr=0.002
+mlp.hidden_sizes=[2048,2048] batch_size=512``; a ``model.`` prefix limits the override to that model).
 
 Targets (test accuracy, mean of >= 3 seeds): MLP >= 91.0% (the published anchor: MLP 256-128-100, 88.3%),
 ResNet >= 95.0% (in <= 30 s of ``fit`` on one H100), Inception >= 94.0%.
@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -52,48 +53,17 @@ MODELS: dict[str, type[pl.LightningModule]] = {
 TARGETS = {"mlp": 0.91, "resnet": 0.95, "inception": 0.94}
 DATA_KEYS = ("batch_size", "augment", "crop_padding", "hflip", "value_range", "train_subset", "val_size")
 
-#: Per model: ``epochs`` and the model / data-module options (data options are the names in ``DATA_KEYS``).
-RECIPES: dict[str, dict[str, Any]] = {
-    "mlp": {  # recipe D of benchmarks/RESULTS.md: 91.14 +- 0.07% test accuracy over 3 seeds
-        "epochs": 40,
-        "hidden_sizes": [1024, 1024],
-        "norm": "batch",
-        "dropout": 0.1,
-        "optimizer": "adamw",
-        "lr": 2e-3,
-        "weight_decay": 0.01,
-        "label_smoothing": 0.1,
-        "lr_schedule": "onecycle",
-        "batch_size": 256,
-        "augment": True,
-        "crop_padding": 1,
-        "value_range": "standardize",
-    },
-    "resnet": {  # examples/configs/resnet.yaml
-        "epochs": 15,
-        "stages": [2, 2, 2, 2],
-        "width": 64,
-        "optimizer": "nesterov",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "label_smoothing": 0.1,
-        "lr_schedule": "onecycle",
-        "batch_size": 512,
-        "augment": True,
-    },
-    "inception": {  # examples/configs/inception.yaml
-        "epochs": 15,
-        "optimizer": "nesterov",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "label_smoothing": 0.1,
-        "lr_schedule": "onecycle",
-        "batch_size": 512,
-        "augment": True,
-    },
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+#: Options the device settings decide (on a GPU: channels_last and on-device data; on the CPU: neither).
+DEVICE_KEYS = ("channels_last", "on_device")
+
+
+def load_recipe(model_name: str) -> dict[str, Any]:
+    """``examples/configs/<model>.yaml`` as a recipe: ``epochs`` (its ``trainer.max_epochs``) and its model and data
+    options less ``DEVICE_KEYS``, so this benchmark trains what ``lightning-tricks fit --config`` trains."""
+    config = yaml.safe_load((CONFIGS / f"{model_name}.yaml").read_text())
+    options = {**config["model"]["init_args"], **config["data"]["init_args"]}
+    return {"epochs": config["trainer"]["max_epochs"], **{k: v for k, v in options.items() if k not in DEVICE_KEYS}}
 
 
 class EpochRecorder(pl.Callback):
@@ -294,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": {},
     }
     for name in args.models:
-        recipe = {**RECIPES[name]}
+        recipe = load_recipe(name)
         for key, value in overrides.items():  # "key" applies to every model, "model.key" to that model only
             scope, dot, option = key.rpartition(".")
             if not dot or scope == name:
