@@ -186,6 +186,29 @@ def parse_args(
     return args
 
 
+def _fresh_run(
+    experiment: str, name: str, args: argparse.Namespace, seed: int, data: Mapping[str, Any]
+) -> tuple[dict[str, Any], FashionMNISTDataModule, RecordingTensorBoardLogger]:
+    """The data-module options, data module and logger of run ``<experiment>/<name>[/seed<k>]``.
+
+    An existing run folder of the same name is removed first, so its TensorBoard curves are those of this run only.
+    """
+    version = name if len(args.seeds) == 1 else f"{name}/seed{seed}"
+    run_dir = Path(args.log_dir, experiment, version)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    data_kwargs: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "batch_size": args.batch_size,
+        "val_size": args.val_size,
+        "train_subset": args.train_subset,
+        "seed": seed,
+        **data,
+    }
+    logger = RecordingTensorBoardLogger(args.log_dir, name=experiment, version=version, default_hp_metric=False)
+    return data_kwargs, FashionMNISTDataModule(**data_kwargs), logger
+
+
 def run_variant(
     experiment: str,
     variant: Variant,
@@ -200,24 +223,9 @@ def run_variant(
 
     An existing run folder of the same name is replaced, so the TensorBoard curves are those of this run only.
     """
-    version = variant.name if len(args.seeds) == 1 else f"{variant.name}/seed{seed}"
-    run_dir = Path(args.log_dir, experiment, version)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    data_kwargs, datamodule, logger = _fresh_run(experiment, variant.name, args, seed, {**(data or {}), **variant.data})
     seed_everything(seed, workers=True, verbose=False)
-
-    data_kwargs: dict[str, Any] = {
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "val_size": args.val_size,
-        "train_subset": args.train_subset,
-        "seed": seed,
-        **(data or {}),
-        **variant.data,
-    }
-    datamodule = FashionMNISTDataModule(**data_kwargs)
     model = variant.model()
-    logger = RecordingTensorBoardLogger(args.log_dir, name=experiment, version=version, default_hp_metric=False)
     trainer_kwargs: dict[str, Any] = {
         "max_epochs": args.epochs,
         "accelerator": args.accelerator,
@@ -443,20 +451,7 @@ def evaluate(
 
     Returns ``val_acc``, ``val_loss``, ``test_acc`` and ``test_loss`` as logged.
     """
-    version = name if len(args.seeds) == 1 else f"{name}/seed{seed}"
-    run_dir = Path(args.log_dir, experiment, version)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    data_kwargs: dict[str, Any] = {
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "val_size": args.val_size,
-        "train_subset": args.train_subset,
-        "seed": seed,
-        **(data or {}),
-    }
-    datamodule = FashionMNISTDataModule(**data_kwargs)
-    logger = RecordingTensorBoardLogger(args.log_dir, name=experiment, version=version, default_hp_metric=False)
+    data_kwargs, datamodule, logger = _fresh_run(experiment, name, args, seed, data or {})
     limits = {"limit_val_batches": 2, "limit_test_batches": 2} if args.smoke else {}
     trainer_kwargs: dict[str, Any] = {"accelerator": args.accelerator, "devices": 1, "callbacks": [], **limits}
     trainer = Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
