@@ -21,6 +21,8 @@ from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
+from lightning_tricks.callbacks._monitoring import trainer_logs_now
+
 
 def ema_decay(decay: float, num_updates: int, warmup: bool = False) -> float:
     """The decay used for the update that follows ``num_updates`` earlier updates.
@@ -183,9 +185,7 @@ class EMA(WeightAveraging):
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
             self._update(pl_module)
             self._latest_update_step = trainer.global_step
-        # global_step was just incremented, so this matches the logger connector's logging steps.
-        log_now = trainer.log_every_n_steps > 0 and trainer.global_step % trainer.log_every_n_steps == 0
-        if log_now and self._last_decay is not None:
+        if trainer_logs_now(trainer) and self._last_decay is not None:
             pl_module.log("ema/decay", self._last_decay, on_step=True, on_epoch=False, rank_zero_only=True)
 
     @override
