@@ -7,6 +7,10 @@ Subpackages:
     :mod:`lightning_tricks.cli` -- the ``lightning-tricks`` LightningCLI entry point.
 """
 
+from lightning_tricks._distributed import register_exit_cleanup
+
 __version__ = "0.1.0"
+
+register_exit_cleanup()
 
 __all__ = ["__version__"]
