@@ -18,15 +18,22 @@ What this adds to LightningCLI:
   checkpoint) on the test set after training, prints the test accuracy and the command that opens TensorBoard;
 - ``fit`` saves a checkpoint when the job receives SIGTERM (what cluster schedulers send before killing a job, see
   :class:`SigtermCheckpoint`) and exits with status 143; ``--ckpt_path last`` resumes from it;
+- options typed ``int | float`` (``--trainer.limit_val_batches``, ``--trainer.val_check_interval``,
+  ``--trainer.overfit_batches``, ...) keep an integer an integer: ``1`` means one batch and ``1.0`` the whole set, as
+  in Python (plain LightningCLI 2.6 reads ``1`` as ``1.0``, see :func:`prefer_int_over_float`);
 - the package's callbacks, models and data modules are imported up front, so their short class names resolve.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import signal
 import sys
 import tempfile
+import types
+import typing
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -49,6 +56,33 @@ def _import_public_names() -> None:
     for package in (_callbacks, _models, _data):
         for name in package.__all__:
             getattr(package, name)
+
+
+def prefer_int_over_float(parser: LightningArgumentParser) -> list[str]:
+    """Make every option typed as a union of ``int`` and ``float`` try ``int`` first; return their names.
+
+    jsonargparse tries a union's members in order, and after ``import lightning`` the Trainer's
+    ``Optional[Union[int, float]]`` reads ``Union[float, int, None]``: ``typing`` caches unions by equality, and an
+    equal union written float-first earlier is the one returned (Lightning issue #21259). So
+    ``--trainer.limit_val_batches 1`` became ``1.0``, which Lightning reads as 100% of the batches, and
+    ``--trainer.val_check_interval 1`` meant once an epoch. Each such option gets the same members with ``int``
+    first, written as a ``types.UnionType`` (``int | float | None``), which ``typing`` does not cache. Unions with
+    members that are not plain classes are left alone.
+    """
+    changed = []
+    for action in parser._actions:
+        hint = getattr(action, "_typehint", None)  # jsonargparse's ActionTypeHint
+        if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+            continue
+        members = typing.get_args(hint)
+        if int not in members or float not in members or members.index(int) < members.index(float):
+            continue
+        if not all(isinstance(member, type) for member in members):
+            continue
+        ordered = [int] + [member for member in members if member is not int]
+        action._typehint = functools.reduce(operator.or_, ordered)
+        changed.append(action.dest)
+    return changed
 
 
 def check_writable_dirs(trainer: Trainer) -> None:
@@ -132,6 +166,7 @@ class TricksCLI(LightningCLI):
     """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        prefer_int_over_float(parser)
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
+from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_tricks.cli import cli_main
@@ -75,6 +76,74 @@ def test_fit_from_yaml_writes_tensorboard_scalars_hparams_and_config(tmp_path, f
     printed = capsys.readouterr().out
     assert "test accuracy:" in printed
     assert "tensorboard --logdir" in printed
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "examples" / "configs").glob("*.yaml")))
+def test_every_shipped_config_fits_and_tests_unchanged_but_for_its_size(name, tmp_path, fashion_mnist_dir):
+    """Each config in examples/configs, with its own model, optimizer, precision and data options, runs a few steps.
+
+    The GPU configs (bf16-mixed, channels_last, on-device data) would otherwise only ever run on a GPU. Only the
+    amount of work and the output folders change here; the accelerator stays ``auto``, which is the CPU on CI.
+    """
+    config = yaml.safe_load((REPO / "examples" / "configs" / f"{name}.yaml").read_text())
+    expected = config["model"]["init_args"]
+    config["trainer"].update(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    config["data"]["init_args"].update(data_dir=str(fashion_mnist_dir), batch_size=8, train_subset=64)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    cli = cli_main(["fit", "--config", str(path)])
+
+    assert type(cli.model).__name__ == config["model"]["class_path"].rsplit(".", 1)[1]
+    assert {k: cli.model.hparams[k] for k in expected} == expected
+    assert cli.trainer.global_step == 2
+    assert cli.trainer.num_val_batches == [1] and cli.trainer.num_test_batches == [1], "`1` is one batch, not 100%"
+    assert 0.0 <= float(cli.trainer.callback_metrics["test/acc"]) <= 1.0
+    assert (tmp_path / "logs" / name / "version_0" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize(("given", "expected"), [("1", 1), ("3", 3), ("1.0", 1.0), ("0.25", 0.25)])
+def test_int_or_float_trainer_options_keep_an_integer_an_integer(given, expected, tmp_path, fashion_mnist_dir):
+    """Plain LightningCLI 2.6 reads ``--trainer.limit_val_batches 1`` as ``1.0``: all batches instead of one."""
+    options = (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "val_check_interval",
+        "overfit_batches",
+    )
+    args = [f"--trainer.{name}={given}" for name in options]
+    cli = cli_main(["--config", str(_tiny_config(tmp_path, fashion_mnist_dir)), *args], run=False)
+    for name in options:
+        value = cli.config["trainer"][name]
+        assert value == expected and type(value) is type(expected), (name, value)
+    assert type(cli.trainer.limit_val_batches) is type(expected)
+
+
+def test_prefer_int_over_float_reorders_only_int_float_unions():
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from lightning_tricks.cli import prefer_int_over_float
+
+    parser = LightningArgumentParser()
+    parser.add_lightning_class_args(Trainer, "trainer")
+    changed = prefer_int_over_float(parser)
+    limits = {f"trainer.limit_{stage}_batches" for stage in ("train", "val", "test", "predict")}
+    assert limits <= set(changed)
+    assert "trainer.overfit_batches" not in changed, "already int-first (Union[int, float] without None)"
+    assert "trainer.max_epochs" not in changed and "trainer.devices" not in changed
+    assert parser.parse_args(["--trainer.limit_val_batches=1"]).trainer.limit_val_batches == 1
+    assert isinstance(parser.parse_args(["--trainer.limit_val_batches=1"]).trainer.limit_val_batches, int)
+    assert prefer_int_over_float(parser) == [], "a second call finds nothing left to reorder"
 
 
 def test_cli_adds_package_callbacks_by_class_name(tmp_path, fashion_mnist_dir):
