@@ -272,6 +272,24 @@ class Classifier(LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    @override
+    def on_train_start(self) -> None:
+        """Refuse to resume a schedule whose length no longer matches the run (checked after the restore)."""
+        if self.lr_schedule == "none":
+            return
+        scheduler = self.lr_schedulers()
+        planned = getattr(scheduler, "total_steps", None) or getattr(scheduler, "T_max", None)
+        expected = int(self.trainer.estimated_stepping_batches)
+        if planned is not None and planned != expected:
+            raise ValueError(
+                f"The checkpoint's {self.lr_schedule} schedule spans {planned} optimizer steps, but this run will take "
+                f"{expected}: max_epochs, max_steps, limit_train_batches, the batch size or the number of devices "
+                f"changed since it was saved. A resumed run must keep them (the schedule cannot be stretched: "
+                f"one-cycle would fail at step {planned + 1}, cosine would climb back up). To train on from these "
+                f"weights, start a new run from them, e.g. `{type(self).__name__}.load_from_checkpoint(path)` "
+                f"passed to `trainer.fit` without `ckpt_path`."
+            )
+
     # ------------------------------------------------------------------------------------------------------ steps
     def _check_batch(self, x: Tensor, y: Tensor, batch_idx: int) -> None:
         """Check shapes and dtypes (host-side metadata, free) and, when cheap, the label range.

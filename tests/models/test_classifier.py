@@ -142,6 +142,23 @@ def test_cosine_schedule_anneals_to_zero_per_step(tmp_path: Path) -> None:
     assert recorder.lrs == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_resuming_a_schedule_with_a_longer_run_is_refused_with_the_reason(tmp_path: Path, schedule: str) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    first = trainer(tmp_path, max_epochs=1, limit_train_batches=4, enable_checkpointing=True,
+                    callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    first.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader())
+    last = str(tmp_path / "last.ckpt")
+
+    same = trainer(tmp_path, max_epochs=1, limit_train_batches=4)
+    same.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader(), ckpt_path=last)  # nothing left
+    longer = trainer(tmp_path, max_epochs=2, limit_train_batches=4)
+    with pytest.raises(ValueError, match=rf"{schedule} schedule spans 4 optimizer steps, but this run will take 8"):
+        longer.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader(), ckpt_path=last)
+    assert (tmp_path / "last.ckpt").exists(), "the refused run leaves the checkpoint it was given"
+
+
 def test_schedule_needs_finite_steps(tmp_path: Path) -> None:
     model = tiny_mlp(lr_schedule="onecycle")
     with pytest.raises(ValueError, match="finite number of training steps"):
