@@ -21,6 +21,9 @@ What this adds to LightningCLI:
 - options typed ``int | float`` (``--trainer.limit_val_batches``, ``--trainer.val_check_interval``,
   ``--trainer.overfit_batches``, ...) keep an integer an integer: ``1`` means one batch and ``1.0`` the whole set, as
   in Python (plain LightningCLI 2.6 reads ``1`` as ``1.0``, see :func:`prefer_int_over_float`);
+- ``--ckpt_path last`` finds the newest ``last*.ckpt`` of earlier runs, also when checkpoints go to the logger's
+  per-version folders (see :func:`find_last_checkpoint`); ``validate``/``test``/``predict`` with ``--ckpt_path last``
+  and no checkpoint fail with a clear error instead of evaluating untrained weights;
 - the package's callbacks, models and data modules are imported up front, so their short class names resolve.
 """
 
@@ -34,10 +37,11 @@ import sys
 import tempfile
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -120,6 +124,39 @@ def check_writable_dirs(trainer: Trainer) -> None:
             ) from err
 
 
+def find_last_checkpoint(trainer: Trainer) -> tuple[str | None, list[str]]:
+    """The newest ``last*.ckpt`` that ``--ckpt_path last`` should mean, and the folders searched.
+
+    Lightning looks for ``last`` in the checkpoint folder of the run being started. A ``ModelCheckpoint`` without
+    ``dirpath`` writes to ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, and each run gets a new
+    version, so Lightning looks in an empty folder and never finds the previous run (it warns, then trains from scratch
+    or evaluates untrained weights). This searches every version folder of that logger name instead, plus the folders
+    of the ``ModelCheckpoint`` callbacks that have their own ``dirpath`` and the file of an ``OnExceptionCheckpoint``
+    (both of which Lightning's own ``"last"`` considers). Remote folders (``s3://`` ...) are left to Lightning.
+    """
+    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    places: list[tuple[Path, str]] = []
+    for callback in checkpoints:
+        if callback.dirpath is not None:
+            places.append((Path(callback.dirpath), "last*.ckpt"))
+    if checkpoints and any(c.dirpath is None for c in checkpoints):
+        if trainer.loggers:
+            logger = trainer.loggers[0]
+            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+            places.append((root, "*/checkpoints/last*.ckpt"))
+        else:
+            places.append((Path(trainer.default_root_dir) / "checkpoints", "last*.ckpt"))
+    places = [(folder, pattern) for folder, pattern in places if "://" not in str(folder)]
+    for callback in trainer.callbacks:
+        if isinstance(callback, OnExceptionCheckpoint) and "://" not in callback.ckpt_path:
+            places.append((Path(callback.ckpt_path).parent, Path(callback.ckpt_path).name))
+    found = [path for folder, pattern in places for path in folder.glob(pattern) if path.is_file()]
+    searched = [str(folder / pattern) for folder, pattern in places]
+    if not found:
+        return None, searched
+    return str(max(found, key=lambda path: path.stat().st_mtime)), searched
+
+
 class SigtermCheckpoint(Callback):
     """Save a checkpoint when training is stopped by SIGTERM, so that ``--ckpt_path last`` resumes from that step.
 
@@ -181,8 +218,35 @@ class TricksCLI(LightningCLI):
             trainer.callbacks.append(SigtermCheckpoint())
         return trainer
 
+    def _resolve_last_checkpoint(self) -> None:
+        """Replace ``--ckpt_path last`` by the file :func:`find_last_checkpoint` picks (see the module docstring)."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        path, searched = find_last_checkpoint(self.trainer)
+        if path is not None:
+            config["ckpt_path"] = path
+            rank_zero_info(f"--ckpt_path last: using {path}, the newest of {', '.join(searched)}.")
+        elif self.subcommand != "fit" and searched:
+            raise FileNotFoundError(
+                f"--ckpt_path last: no checkpoint matches {', '.join(searched)}, so `{self.subcommand}` would run "
+                "untrained weights. Pass a checkpoint file (--ckpt_path path/to/file.ckpt), or train first with a "
+                "ModelCheckpoint(save_last=True) (the configs in examples/configs have one)."
+            )
+        # fit with nothing found: Lightning warns and starts fresh, which is what a first run wants.
+
     def before_fit(self) -> None:
         check_writable_dirs(self.trainer)
+        self._resolve_last_checkpoint()
+
+    def before_validate(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_test(self) -> None:
+        self._resolve_last_checkpoint()
+
+    def before_predict(self) -> None:
+        self._resolve_last_checkpoint()
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True):
@@ -228,7 +292,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
 def main() -> None:
     """Entry point of the ``lightning-tricks`` console script; exits with status 143 (128 + SIGTERM) after a SIGTERM."""
     try:
-        cli_main(sys.argv[1:])
+        cli_main()  # LightningCLI reads sys.argv itself (given both, it warns)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
 

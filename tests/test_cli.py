@@ -146,6 +146,28 @@ def test_prefer_int_over_float_reorders_only_int_float_unions():
     assert prefer_int_over_float(parser) == [], "a second call finds nothing left to reorder"
 
 
+def test_ckpt_path_last_finds_the_previous_runs_checkpoint_in_its_version_folder(tmp_path, fashion_mnist_dir):
+    """Lightning alone looks for ``last`` in the new run's (empty) version folder and silently starts over."""
+    config = str(_tiny_config(tmp_path, fashion_mnist_dir))
+    cli_main(["fit", "--config", config, "--test_after_fit", "false"])
+    last = tmp_path / "logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+
+    tested = cli_main(["test", "--config", config, "--ckpt_path", "last"])
+    assert tested.trainer.ckpt_path == str(last)
+    resumed = cli_main(["fit", "--config", config, "--ckpt_path", "last", "--test_after_fit", "false"])
+    assert resumed.trainer.ckpt_path == str(last)
+    assert resumed.trainer.global_step == 2 * 4, "both epochs restored, none trained again"
+    with pytest.raises(ValueError, match="onecycle schedule spans 8 optimizer steps, but this run will take 12"):
+        cli_main(["fit", "--config", config, "--ckpt_path", "last", "--trainer.max_epochs", "3"])
+
+
+def test_ckpt_path_last_without_any_checkpoint_refuses_to_evaluate_untrained_weights(tmp_path, fashion_mnist_dir):
+    config = str(_tiny_config(tmp_path, fashion_mnist_dir))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint matches .*mlp/\*/checkpoints/last\*\.ckpt"):
+        cli_main(["test", "--config", config, "--ckpt_path", "last"])
+
+
 def test_cli_adds_package_callbacks_by_class_name(tmp_path, fashion_mnist_dir):
     config = _tiny_config(tmp_path, fashion_mnist_dir)
     cli = cli_main(
