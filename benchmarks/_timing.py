@@ -8,17 +8,18 @@ The rules every benchmark here follows:
 - on the CPU the default clock is the process CPU time (``time.process_time``), which ignores the time this process
   waits for a core on a shared machine; ``--clock wall`` switches to ``time.perf_counter``.
 
-Other scripts (``ema_overhead.py``, ``monitor_overhead.py``) have their own copies of this logic and could use these.
+``ema_overhead.py`` still has its own (non-rotating) interleaving loop.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -99,6 +100,19 @@ def make_clock(settings: DeviceSettings, clock: ClockName = "process") -> Callab
     return time.process_time if clock == "process" else time.perf_counter
 
 
+class Batches:
+    """A sized iterable of ready batches (Lightning would read a plain list as a collection of loaders)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self.batches[i % len(self.batches)] for i in range(self.steps))
+
+
 def interleave(names: Sequence[str], repeats: int, run: Callable[[str, int], T]) -> dict[str, list[T]]:
     """Call ``run(name, round)`` for every name in every round, rotating the order each round."""
     results: dict[str, list[T]] = {name: [] for name in names}
@@ -107,6 +121,23 @@ def interleave(names: Sequence[str], repeats: int, run: Callable[[str, int], T])
         for name in [*names[shift:], *names[:shift]]:
             results[name].append(run(name, r))
     return results
+
+
+def add_threads_option(parser: argparse.ArgumentParser, default: int = 1) -> None:
+    """Add ``--threads`` (torch CPU threads; 0 leaves torch's default); :func:`apply_threads` applies it."""
+    why = " 1 by default: on a shared machine idle OpenMP threads spin, which the process clock would count"
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        help="torch CPU threads (0: torch's default)." + (why if default else ""),
+    )
+
+
+def apply_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` when ``threads`` > 0."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def median(values: Iterable[float]) -> float:

@@ -26,12 +26,23 @@ import argparse
 import json
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _timing import DeviceSettings, device_settings, hardware, interleave, make_clock, markdown_table, quiet_lightning
+from _timing import (
+    Batches,
+    DeviceSettings,
+    add_threads_option,
+    apply_threads,
+    device_settings,
+    hardware,
+    interleave,
+    make_clock,
+    markdown_table,
+    quiet_lightning,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_tricks import callbacks
@@ -75,19 +86,6 @@ class StepClock(pl.Callback):
 
     def step_times(self) -> list[float]:
         return [b - a for a, b in zip(self.stamps[:-1], self.stamps[1:], strict=True)]
-
-
-class Batches:
-    """A sized iterable of ready batches (Lightning would read a plain list as a collection of loaders)."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
-        self.batches, self.steps = batches, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return (self.batches[i % len(self.batches)] for i in range(self.steps))
 
 
 def time_fit(
@@ -162,18 +160,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS))
     parser.add_argument("--only", nargs="+", choices=sorted(CALLBACKS), default=None, help="time only these alone")
     parser.add_argument("--clock", choices=("process", "wall"), default="process", help="CPU clock")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (0: torch's default). 1 by default: on a shared machine idle OpenMP threads spin, "
-        "which the process clock would count",
-    )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup + 1:
         parser.error("--steps must exceed --warmup + 1")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     quiet_lightning()
     configs: dict[str, list[str]] = {"off": []}
     configs.update({name: [name] for name in (args.only or CALLBACKS)})

@@ -29,15 +29,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import statistics
 import tempfile
-import time
-import warnings
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _timing import (
+    Batches,
+    DeviceSettings,
+    add_threads_option,
+    apply_threads,
+    device_settings,
+    hardware,
+    interleave,
+    make_clock,
+    quiet_lightning,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
@@ -89,54 +98,36 @@ def resnet18() -> nn.Module:
     return model
 
 
-class _Clock:
-    """Per-step times: ``start`` goes first in the callback list, ``stop`` last."""
+class _Window:
+    """Per-step times of the window from ``start`` (first in the callback list) to ``stop`` (last)."""
 
-    def __init__(self, device: torch.device, clock: str = "wall") -> None:
-        self.cuda = device.type == "cuda"
-        now = time.perf_counter if clock == "wall" else time.process_time
+    def __init__(self, now: Callable[[], float]) -> None:
         self.times: list[float] = []
         self._t0 = 0.0
-        clock = self
+        window = self
 
         class Start(pl.Callback):
             def on_train_batch_start(self, *args: Any) -> None:
-                if clock.cuda:
-                    torch.cuda.synchronize()
-                clock._t0 = now()
+                window._t0 = now()
 
         class Stop(pl.Callback):
             def on_train_batch_end(self, *args: Any) -> None:
-                if clock.cuda:
-                    torch.cuda.synchronize()
-                clock.times.append(now() - clock._t0)
+                window.times.append(now() - window._t0)
 
         self.start, self.stop = Start(), Stop()
 
 
-class _Batches:
-    """An iterable of ready batches (Lightning would read a plain list as a collection of loaders)."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> None:
-        self.batches, self.steps = batches, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Any:
-        return (self.batches[i % len(self.batches)] for i in range(self.steps))
-
-
 def time_fit(
-    setting: str, monitors: list[type[pl.Callback]], steps: int, device: torch.device, seed: int, clock: str = "wall"
+    setting: str, monitors: list[type[pl.Callback]], settings: DeviceSettings, steps: int, seed: int, clock: str
 ) -> list[float]:
     """Per-step seconds of one fit of ``setting`` with the given monitors (default options) on."""
     pl.seed_everything(seed, verbose=False)
     if setting == "cpu-mlp":
-        model, batch, precision = mlp(), 128, "32-true"
+        model, batch = mlp(), 128
     else:
-        model, batch, precision = resnet18().to(memory_format=torch.channels_last), 256, "bf16-mixed"
+        model, batch = resnet18().to(memory_format=torch.channels_last), 256
     gen = torch.Generator().manual_seed(seed)
+    device = settings.device
     batches = [
         (
             (torch.rand(batch, 1, 28, 28, generator=gen) * 2 - 1).to(device),  # in [-1, 1], InputRangeCheck's default
@@ -144,43 +135,38 @@ def time_fit(
         )
         for _ in range(8)
     ]
-    loader = _Batches(batches, steps)
-    timer = _Clock(device, clock)
+    window = _Window(make_clock(settings, clock))  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(
-            accelerator=device.type,
+            accelerator=settings.accelerator,
             devices=1,
-            precision=precision,
+            precision=settings.precision,
             max_epochs=1,
             max_steps=steps,
             logger=TensorBoardLogger(root),
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
-            callbacks=[timer.start, *(cls() for cls in monitors), timer.stop],
+            callbacks=[window.start, *(cls() for cls in monitors), window.stop],
         )
-        trainer.fit(_Net(model), train_dataloaders=loader)
-    return timer.times
+        trainer.fit(_Net(model), train_dataloaders=Batches(batches, steps))
+    return window.times
 
 
 def measure(
     setting: str, configs: dict[str, list[type[pl.Callback]]], steps: int, repeats: int, warmup: int, clock: str
 ) -> list[dict[str, Any]]:
     """Time every configuration (``"off"`` = no monitor) ``repeats`` times, interleaved, rotating the order."""
-    device = torch.device("cuda" if setting.startswith("gpu") else "cpu")
-    names = list(configs)
-    runs: dict[str, list[list[float]]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            runs[name].append(time_fit(setting, configs[name], steps, device, seed=r, clock=clock)[warmup:])
+    settings = device_settings("cuda" if setting.startswith("gpu") else "cpu")
+    runs = interleave(list(configs), repeats, lambda name, r: time_fit(setting, configs[name], settings, steps, r,
+                                                                       clock)[warmup:])  # fmt: skip
     pooled = {m: statistics.median(t for run in runs[m] for t in run) for m in runs}
     mean = {m: statistics.median(statistics.fmean(t) for t in runs[m]) for m in runs}
-    hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     return [
         {
             "setting": setting,
             "monitors": name,
-            "hardware": hardware,
+            "hardware": hardware(settings),
             "clock": clock,
             "steps_timed": steps - warmup,
             "repeats": repeats,
@@ -192,7 +178,7 @@ def measure(
             "ratio_mean": mean[name] / mean["off"],
             "target": TARGETS[setting],
         }
-        for name in names
+        for name in configs
         if name != "off"
     ]
 
@@ -202,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    add_threads_option(parser, default=0)
     parser.add_argument("--settings", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
     parser.add_argument(
         "--cpu-clock",
@@ -212,11 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--per-monitor", action="store_true", help="also time each monitor alone")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    apply_threads(args.threads)
+    quiet_lightning()
 
     monitors, notes = available_monitors()
     configs: dict[str, list[type[pl.Callback]]] = {"off": [], "all": monitors}

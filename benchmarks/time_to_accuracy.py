@@ -39,7 +39,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import yaml
-from _timing import DeviceSettings, device_settings, hardware, markdown_table, quiet_lightning
+from _timing import (
+    DeviceSettings,
+    add_threads_option,
+    apply_threads,
+    device_settings,
+    hardware,
+    markdown_table,
+    quiet_lightning,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_tricks.data import FashionMNISTDataModule
@@ -232,15 +240,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (YAML values)")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke tests: batches per epoch and stage")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_option(parser, default=0)
     parser.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="combine saved outputs and exit")
     args = parser.parse_args(argv)
     if args.merge:
         results = merge(args.merge)
         report(results)
         return results
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     quiet_lightning()
     settings = device_settings(args.device, args.precision)
     if settings.cuda:

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from _timing import (
     DeviceSettings,
+    add_threads_option,
+    apply_threads,
     device_settings,
     hardware,
     interleave,
@@ -247,19 +249,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clock", choices=("process", "wall"), default="process", help="CPU clock")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in every variant")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (0: torch's default). 1 by default: on a shared machine idle OpenMP threads spin, "
-        "which the process clock would count",
-    )
+    add_threads_option(parser)
     parser.add_argument("--train-subset", type=int, default=None, help="override the settings' training subset")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is dropped)")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     quiet_lightning()
     settings = device_settings()
     names = args.settings or [n for n in SETTINGS if n.startswith("gpu" if settings.cuda else "cpu")]
