@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _model_helpers import quiet_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
@@ -27,20 +28,6 @@ def loader(n: int = 32, channels: int = 1, batch_size: int = 8, seed: int = 0) -
     x = torch.rand(n, channels, 4, 4, generator=generator) * 2 - 1
     y = torch.randint(0, 10, (n,), generator=generator)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
-
-
-def trainer(tmp_path: Path, **kwargs) -> Trainer:
-    options = dict(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    options.update(kwargs)
-    return Trainer(**options)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +77,7 @@ def test_invalid_options_raise(kwargs: dict, match: str) -> None:
 
 def test_batch_with_wrong_channel_count_gives_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\].*in_channels=1.*\(8, 3, 4, 4\)"):
-        trainer(tmp_path, fast_dev_run=1).fit(tiny_mlp(), loader(channels=3))
+        quiet_trainer(tmp_path, fast_dev_run=1).fit(tiny_mlp(), loader(channels=3))
 
 
 def test_labels_out_of_range_and_wrong_dtype_give_clear_errors() -> None:
@@ -115,7 +102,7 @@ class LRRecorder(Callback):
 def test_onecycle_schedule_steps_every_batch(tmp_path: Path) -> None:
     recorder = LRRecorder()
     model = tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule="onecycle")
-    trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[recorder]).fit(model, loader())
+    quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[recorder]).fit(model, loader())
     scheduler = model.lr_schedulers()
     assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     assert scheduler.total_steps == 8  # trainer.estimated_stepping_batches
@@ -137,7 +124,7 @@ def trainer_optimizer_momentum(model: Classifier) -> float:
 def test_cosine_schedule_anneals_to_zero_per_step(tmp_path: Path) -> None:
     recorder = LRRecorder()
     model = tiny_mlp(optimizer="adam", lr=0.01, lr_schedule="cosine")
-    trainer(tmp_path, max_steps=6, callbacks=[recorder]).fit(model, loader())
+    quiet_trainer(tmp_path, max_steps=6, callbacks=[recorder]).fit(model, loader())
     expected = [0.005 * (1 + math.cos(math.pi * step / 6)) for step in range(6)]
     assert recorder.lrs == pytest.approx(expected)
 
@@ -146,14 +133,14 @@ def test_cosine_schedule_anneals_to_zero_per_step(tmp_path: Path) -> None:
 def test_resuming_a_schedule_with_a_longer_run_is_refused_with_the_reason(tmp_path: Path, schedule: str) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    first = trainer(tmp_path, max_epochs=1, limit_train_batches=4, enable_checkpointing=True,
+    first = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, enable_checkpointing=True,
                     callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
     first.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader())
     last = str(tmp_path / "last.ckpt")
 
-    same = trainer(tmp_path, max_epochs=1, limit_train_batches=4)
+    same = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4)
     same.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader(), ckpt_path=last)  # nothing left
-    longer = trainer(tmp_path, max_epochs=2, limit_train_batches=4)
+    longer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4)
     with pytest.raises(ValueError, match=rf"{schedule} schedule spans 4 optimizer steps, but this run will take 8"):
         longer.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader(), ckpt_path=last)
     assert (tmp_path / "last.ckpt").exists(), "the refused run leaves the checkpoint it was given"
@@ -162,7 +149,7 @@ def test_resuming_a_schedule_with_a_longer_run_is_refused_with_the_reason(tmp_pa
 def test_schedule_needs_finite_steps(tmp_path: Path) -> None:
     model = tiny_mlp(lr_schedule="onecycle")
     with pytest.raises(ValueError, match="finite number of training steps"):
-        trainer(tmp_path, max_epochs=-1).fit(model, loader())
+        quiet_trainer(tmp_path, max_epochs=-1).fit(model, loader())
 
 
 def test_label_smoothing_only_on_training_loss() -> None:
@@ -179,7 +166,7 @@ def test_label_smoothing_only_on_training_loss() -> None:
 def test_logged_keys_and_metrics_match_a_hand_computation(tmp_path: Path) -> None:
     model = tiny_mlp()
     val = loader(n=24, seed=1)
-    fit_trainer = trainer(tmp_path, max_epochs=1, limit_train_batches=2)
+    fit_trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2)
     fit_trainer.fit(model, loader(), val)
     keys = set(fit_trainer.callback_metrics)
     assert {"train/loss_step", "train/loss_epoch", "train/acc_step", "train/acc_epoch", "val/loss", "val/acc"} <= keys
@@ -196,7 +183,7 @@ def test_logged_keys_and_metrics_match_a_hand_computation(tmp_path: Path) -> Non
 def test_hparams_saved_in_checkpoint_with_class_path(tmp_path: Path) -> None:
     model = tiny_mlp(optimizer="nesterov", lr=0.02, label_smoothing=0.1)
     assert model.hparams.optimizer == "nesterov" and model.hparams.hidden_sizes == [8]
-    fit_trainer = trainer(tmp_path, max_steps=1)
+    fit_trainer = quiet_trainer(tmp_path, max_steps=1)
     fit_trainer.fit(model, loader())
     path = tmp_path / "model.ckpt"
     fit_trainer.save_checkpoint(path)
@@ -214,7 +201,7 @@ def test_tensorboard_hparams_tab_lists_val_and_test_metrics(tmp_path: Path, defa
     from tensorboard.plugins.hparams import metadata
 
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=default_hp_metric)
-    fit_trainer = trainer(tmp_path, max_epochs=1, limit_train_batches=2, logger=logger)
+    fit_trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, logger=logger)
     model = tiny_mlp(optimizer="rmsprop")
     fit_trainer.fit(model, loader(), loader(n=16))
     fit_trainer.test(model, loader(n=16), verbose=False)
@@ -269,7 +256,7 @@ def test_ddp_validation_metrics_are_reduced_over_ranks(tmp_path: Path) -> None:
     # right, loss -log 0.7), rank 1 only class-1 labels (all wrong, loss -log(0.3/9)). Only reduced values give 0.5.
     y = torch.tensor([0, 1] * 8)
     data = DataLoader(TensorDataset(torch.zeros(16, 1, 4, 4), y), batch_size=4)
-    ddp_trainer = trainer(tmp_path, devices=2, strategy="ddp_spawn")
+    ddp_trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn")
     results = ddp_trainer.validate(_ConstantClassifier(), data, verbose=False)[0]
     assert results["val/acc"] == pytest.approx(0.5)
     assert results["val/loss"] == pytest.approx((-math.log(0.7) - math.log(0.3 / 9)) / 2, rel=1e-5)
@@ -282,15 +269,7 @@ def test_ema_on_a_classifier_gives_no_configure_model_warning(tmp_path: Path) ->
     from lightning_tricks.callbacks import EMA
 
     data = DataLoader(TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))), batch_size=8)
-    trainer = Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[EMA(decay=0.5)],
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[EMA(decay=0.5)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(MLPClassifier(hidden_sizes=[8]), data)

@@ -7,25 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from _model_helpers import quiet_trainer
+from lightning.pytorch import seed_everything
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks.models import Classifier, EnsembleClassifier, InceptionClassifier, MLPClassifier
 from lightning_tricks.models.ensemble import average_probabilities
-
-
-def make_trainer(tmp_path: Path, **kwargs) -> Trainer:
-    options = dict(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    options.update(kwargs)
-    return Trainer(**options)
 
 
 class FixedLogits(nn.Module):
@@ -59,7 +47,7 @@ def test_evaluates_nll_and_accuracy_of_the_averaged_probabilities(tmp_path: Path
     )
     y = torch.tensor([0, 0, 2, 1])
     data = DataLoader(TensorDataset(torch.zeros(4, 1, 2, 2), y), batch_size=2)
-    trainer = make_trainer(tmp_path)
+    trainer = quiet_trainer(tmp_path)
     results = trainer.test(ensemble, data, verbose=False)[0]
     assert results["test/acc"] == pytest.approx(0.5)
     assert results["test/loss"] == pytest.approx(-(2 * math.log(0.425) + math.log(0.3) + math.log(0.275)) / 4)
@@ -73,7 +61,7 @@ def test_refuses_fit(tmp_path: Path) -> None:
     assert not any(p.requires_grad for p in ensemble.parameters())
     data = DataLoader(TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)), batch_size=2)
     with pytest.raises(RuntimeError, match=r"no trainable parameters.*cannot be fitted"):
-        make_trainer(tmp_path, max_steps=1).fit(ensemble, data)
+        quiet_trainer(tmp_path, max_steps=1).fit(ensemble, data)
 
 
 def test_invalid_members_raise(tmp_path: Path) -> None:
@@ -92,7 +80,7 @@ def test_invalid_members_raise(tmp_path: Path) -> None:
 def train_member(model: Classifier, train: TensorDataset, val: TensorDataset, path: Path, seed: int) -> float:
     """Train ``model`` for one epoch, save a checkpoint at ``path`` and return its validation accuracy."""
     seed_everything(seed)
-    trainer = make_trainer(path.parent, max_epochs=1)
+    trainer = quiet_trainer(path.parent, max_epochs=1)
     trainer.fit(model, DataLoader(train, batch_size=64, shuffle=True))
     trainer.save_checkpoint(path)
     return trainer.validate(model, DataLoader(val, batch_size=500), verbose=False)[0]["val/acc"]
@@ -109,7 +97,7 @@ def test_ensemble_of_trained_checkpoints_is_at_least_as_good_as_the_worse_member
     ]
     ensemble = EnsembleClassifier(checkpoints=[str(p) for p in paths])
     assert [m.hparams.hidden_sizes for m in ensemble.members] == [[64], [32]]
-    trainer = make_trainer(tmp_path)
+    trainer = quiet_trainer(tmp_path)
     data = DataLoader(val, batch_size=500)
     accuracy = trainer.test(ensemble, data, verbose=False)[0]["test/acc"]
     assert min(accuracies) > 0.5  # both members learned something (chance is 0.1)
@@ -125,7 +113,7 @@ def test_ensemble_of_trained_checkpoints_is_at_least_as_good_as_the_worse_member
 def test_loads_the_right_class_from_each_checkpoint(tmp_path: Path) -> None:
     data = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=8)
     inception = InceptionClassifier(stages=[1], width=2, stem_channels=4)
-    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(inception, data)
     trainer.save_checkpoint(tmp_path / "inception.ckpt")
     checkpoint = str(tmp_path / "inception.ckpt")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from _model_helpers import quiet_trainer
+from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from torch import nn
 from torch.nn.utils import parametrize
@@ -121,15 +122,7 @@ def test_learns_fashion_mnist_subset(tmp_path: Path, fashion_subset: tuple[Tenso
     train, val = fashion_subset
     seed_everything(0)
     model = MLPClassifier(hidden_sizes=[128], optimizer="adam", lr=2e-3)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_epochs=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=3)
     trainer.fit(model, DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=500))
     # 2000 images, 3 epochs (~95 Adam steps): such an MLP reaches about 0.78-0.80 on held-out Fashion-MNIST; chance
     # is 0.10 and a classifier stuck on one class scores 0.10. The 0.65 floor leaves room for seeds and BLAS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from _model_helpers import quiet_trainer
 from lightning.pytorch.cli import LightningCLI
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -80,15 +80,7 @@ def test_trains_a_few_steps_channels_last(tmp_path: Path) -> None:
     y = torch.randint(0, 10, (16,))
     model = ResNetClassifier(stages=[1, 1], width=4, channels_last=True, optimizer="momentum", lr=0.05)
     before = model.net[0].weight.detach().clone()
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
     assert model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(before, model.net[0].weight)
