@@ -22,7 +22,7 @@ What this adds to LightningCLI:
   ``--trainer.overfit_batches``, ...) keep an integer an integer: ``1`` means one batch and ``1.0`` the whole set, as
   in Python (plain LightningCLI 2.6 reads ``1`` as ``1.0``, see :func:`prefer_int_over_float`);
 - ``--ckpt_path last`` finds the newest ``last*.ckpt`` of earlier runs, also when checkpoints go to the logger's
-  per-version folders (see :func:`find_last_checkpoint`); ``validate``/``test``/``predict`` with ``--ckpt_path last``
+  per-version folders (see :func:`last_checkpoint_places`); ``validate``/``test``/``predict`` with ``--ckpt_path last``
   and no checkpoint fail with a clear error instead of evaluating untrained weights;
 - the package's callbacks, models and data modules are imported up front, so their short class names resolve.
 """
@@ -124,37 +124,30 @@ def check_writable_dirs(trainer: Trainer) -> None:
             ) from err
 
 
-def find_last_checkpoint(trainer: Trainer) -> tuple[str | None, list[str]]:
-    """The newest ``last*.ckpt`` that ``--ckpt_path last`` should mean, and the folders searched.
+def last_checkpoint_places(trainer: Trainer) -> list[tuple[str, str]]:
+    """Where ``--ckpt_path last`` should look: ``(folder, glob pattern)`` pairs.
 
     Lightning looks for ``last`` in the checkpoint folder of the run being started. A ``ModelCheckpoint`` without
     ``dirpath`` writes to ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, and each run gets a new
     version, so Lightning looks in an empty folder and never finds the previous run (it warns, then trains from scratch
-    or evaluates untrained weights). This searches every version folder of that logger name instead, plus the folders
-    of the ``ModelCheckpoint`` callbacks that have their own ``dirpath`` and the file of an ``OnExceptionCheckpoint``
-    (both of which Lightning's own ``"last"`` considers). Remote folders (``s3://`` ...) are left to Lightning.
+    or evaluates untrained weights). These places are every version folder of that logger name instead, plus the
+    folders of the ``ModelCheckpoint`` callbacks that have their own ``dirpath`` and the file of an
+    ``OnExceptionCheckpoint`` (both of which Lightning's own ``"last"`` considers). Folders stay strings, so that a
+    remote one (``s3://...``) can be told apart.
     """
     checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    places: list[tuple[Path, str]] = []
-    for callback in checkpoints:
-        if callback.dirpath is not None:
-            places.append((Path(callback.dirpath), "last*.ckpt"))
-    if checkpoints and any(c.dirpath is None for c in checkpoints):
+    places = [(str(c.dirpath), "last*.ckpt") for c in checkpoints if c.dirpath is not None]
+    if any(c.dirpath is None for c in checkpoints):
         if trainer.loggers:
             logger = trainer.loggers[0]
-            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+            root = os.path.join(str(logger.save_dir or trainer.default_root_dir), str(logger.name or ""))
             places.append((root, "*/checkpoints/last*.ckpt"))
         else:
-            places.append((Path(trainer.default_root_dir) / "checkpoints", "last*.ckpt"))
-    places = [(folder, pattern) for folder, pattern in places if "://" not in str(folder)]
+            places.append((os.path.join(str(trainer.default_root_dir), "checkpoints"), "last*.ckpt"))
     for callback in trainer.callbacks:
-        if isinstance(callback, OnExceptionCheckpoint) and "://" not in callback.ckpt_path:
-            places.append((Path(callback.ckpt_path).parent, Path(callback.ckpt_path).name))
-    found = [path for folder, pattern in places for path in folder.glob(pattern) if path.is_file()]
-    searched = [str(folder / pattern) for folder, pattern in places]
-    if not found:
-        return None, searched
-    return str(max(found, key=lambda path: path.stat().st_mtime)), searched
+        if isinstance(callback, OnExceptionCheckpoint):
+            places.append((os.path.dirname(callback.ckpt_path), os.path.basename(callback.ckpt_path)))
+    return places
 
 
 class SigtermCheckpoint(Callback):
@@ -219,19 +212,24 @@ class TricksCLI(LightningCLI):
         return trainer
 
     def _resolve_last_checkpoint(self) -> None:
-        """Replace ``--ckpt_path last`` by the file :func:`find_last_checkpoint` picks (see the module docstring)."""
+        """Replace ``--ckpt_path last`` by the newest file in :func:`last_checkpoint_places` (local folders only)."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
-        path, searched = find_last_checkpoint(self.trainer)
-        if path is not None:
-            config["ckpt_path"] = path
-            rank_zero_info(f"--ckpt_path last: using {path}, the newest of {', '.join(searched)}.")
-        elif self.subcommand != "fit" and searched:
+        places = last_checkpoint_places(self.trainer)
+        if any("://" in folder for folder, _ in places):
+            return  # a remote folder: Lightning's own lookup reads it through fsspec
+        found = [path for folder, pattern in places for path in Path(folder).glob(pattern) if path.is_file()]
+        searched = ", ".join(os.path.join(folder, pattern) for folder, pattern in places)
+        if found:
+            config["ckpt_path"] = path = str(max(found, key=lambda path: path.stat().st_mtime))
+            rank_zero_info(f"--ckpt_path last: using {path}, the newest of {searched}.")
+        elif self.subcommand != "fit":
             raise FileNotFoundError(
-                f"--ckpt_path last: no checkpoint matches {', '.join(searched)}, so `{self.subcommand}` would run "
-                "untrained weights. Pass a checkpoint file (--ckpt_path path/to/file.ckpt), or train first with a "
-                "ModelCheckpoint(save_last=True) (the configs in examples/configs have one)."
+                f"--ckpt_path last: no checkpoint matches {searched or 'anything (no checkpoint callback is set)'}, "
+                f"so `{self.subcommand}` would run untrained weights. Pass a checkpoint file (--ckpt_path "
+                "path/to/file.ckpt), or train first with a ModelCheckpoint(save_last=True) (the configs in "
+                "examples/configs have one)."
             )
         # fit with nothing found: Lightning warns and starts fresh, which is what a first run wants.
 

@@ -168,6 +168,31 @@ def test_ckpt_path_last_without_any_checkpoint_refuses_to_evaluate_untrained_wei
         cli_main(["test", "--config", config, "--ckpt_path", "last"])
 
 
+def test_ckpt_path_last_with_no_checkpoint_callback_refuses_to_test(tmp_path, fashion_mnist_dir):
+    args = ["test", "--model", "MLPClassifier", "--data", "FashionMNISTDataModule", "--ckpt_path", "last"]
+    args += [f"--data.data_dir={fashion_mnist_dir}", f"--trainer.default_root_dir={tmp_path}"]
+    args += ["--trainer.enable_checkpointing=false", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint callback is set"):
+        cli_main(args)
+
+
+def test_last_checkpoint_places_keep_remote_folders_whole(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_tricks.cli import last_checkpoint_places
+
+    remote, default = ModelCheckpoint(dirpath="memory://bucket/run1"), ModelCheckpoint(monitor="val/acc")
+    callbacks = [remote, default, OnExceptionCheckpoint(tmp_path)]
+    trainer = Trainer(default_root_dir=tmp_path, logger=TensorBoardLogger(tmp_path / "logs", name="mlp"),
+                      callbacks=callbacks)  # fmt: skip
+    assert last_checkpoint_places(trainer) == [
+        ("memory://bucket/run1", "last*.ckpt"),  # a Path would make it "memory:/bucket/run1", a local folder
+        (str(tmp_path / "logs" / "mlp"), "*/checkpoints/last*.ckpt"),
+        (str(tmp_path), "on_exception.ckpt"),
+    ]
+
+
 def test_cli_adds_package_callbacks_by_class_name(tmp_path, fashion_mnist_dir):
     config = _tiny_config(tmp_path, fashion_mnist_dir)
     cli = cli_main(
