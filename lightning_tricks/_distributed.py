@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import sys
 
 
 def destroy_process_group_if_alive() -> None:
@@ -15,8 +16,9 @@ def destroy_process_group_if_alive() -> None:
     reports the rank as crashed and ``Trainer.fit`` raises ``ProcessExitedException``. We saw it in about one
     ``ddp_spawn`` run in twenty on a 2-core machine.
     """
-    import torch.distributed as dist  # here, so that `import lightning_tricks` stays free of torch
-
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:  # torch.distributed never imported: no group can exist, and importing torch at exit is noisy
+        return
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

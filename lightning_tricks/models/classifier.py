@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -118,7 +119,9 @@ class Classifier(LightningModule):
         num_classes: number of classes, >= 2.
         in_channels: number of input channels, >= 1.
         channels_last: convert the network and its inputs to the channels-last memory format (faster convolutions
-            with AMP on tensor-core GPUs).
+            with AMP on tensor-core GPUs). Applied on CUDA only: on the CPU it is left off (with one info message),
+            because torch 2.14's oneDNN hangs or crashes in the backward of a channels-last 1x1 stride-2 convolution
+            with fewer than 8 input channels on AVX2 CPUs (oneDNN issue #6035), and it brings no speed-up there.
         compile: ``torch.compile`` the network in place (``nn.Module.compile``, state-dict keys unchanged) in
             ``setup``.
 
@@ -177,6 +180,7 @@ class Classifier(LightningModule):
         self.channels_last = channels_last
         self.compile_net = compile
         self._net_prepared = False
+        self._channels_last_active = False  # set by `prepare_net`: only on CUDA
 
         self.net: nn.Module = nn.Identity()
         # One metric object per stage so their states never mix (validation runs inside the training epoch).
@@ -188,13 +192,16 @@ class Classifier(LightningModule):
     @override
     def forward(self, x: Tensor) -> Tensor:
         """Return the logits ``[B, num_classes]`` for images ``x`` ``[B, in_channels, H, W]``."""
-        if self.channels_last and x.dim() == 4:
+        if self._channels_last_active and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     # ----------------------------------------------------------------------------------------------------- set-up
-    def prepare_net(self) -> None:
+    def prepare_net(self, device: torch.device | None = None) -> None:
         """Apply ``channels_last`` and ``compile`` to ``self.net``, once (later calls do nothing).
+
+        ``device`` is where the network will run (default: the trainer's root device, else the parameters' device);
+        ``channels_last`` is applied only when it is CUDA.
 
         Called from ``setup``, which runs before the strategy wraps the model. Not in ``configure_model``: Lightning
         reserves that hook for sharded layer creation, and its ``WeightAveraging`` (hence ``EMA``) warns about any
@@ -203,10 +210,27 @@ class Classifier(LightningModule):
         if self._net_prepared:
             return
         self._net_prepared = True
+        device = device or self._target_device()
         if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            if device.type == "cuda":
+                self.net.to(memory_format=torch.channels_last)
+                self._channels_last_active = True
+            else:
+                rank_zero_info(
+                    f"{type(self).__name__}(channels_last=True): left off on {device.type!r}; it is"
+                    " applied on CUDA only (on the CPU, oneDNN #6035 hangs or crashes the backward of channels-last"
+                    " 1x1 stride-2 convolutions with < 8 input channels, and it brings no speed-up there)."
+                )
         if self.compile_net:
             self.net.compile()
+
+    def _target_device(self) -> torch.device:
+        """Where the network will run: the trainer's root device when attached, else where the parameters are."""
+        trainer = self._trainer
+        if trainer is not None:
+            return trainer.strategy.root_device
+        param = next(self.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     @override
     def setup(self, stage: str) -> None:

@@ -128,10 +128,11 @@ class EnsembleClassifier(Classifier):
         return average_probabilities([member(x) for member in self.members])
 
     @override
-    def prepare_net(self) -> None:
-        """Let every member apply its own ``channels_last`` / ``compile`` settings."""
+    def prepare_net(self, device: torch.device | None = None) -> None:
+        """Let every member apply its own ``channels_last`` / ``compile`` settings, for this module's device."""
+        device = device or self._target_device()
         for member in self.members:
-            member.prepare_net()
+            member.prepare_net(device)
 
     @override
     def setup(self, stage: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -75,13 +76,28 @@ def test_lightning_cli_sees_every_option(tmp_path: Path, monkeypatch: pytest.Mon
     assert cli.model.net[0].out_channels == 8
 
 
-def test_trains_a_few_steps_channels_last(tmp_path: Path) -> None:
+def test_channels_last_is_left_off_on_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """channels_last=True trains on the CPU in the default format: torch 2.14's oneDNN hangs (2 threads) or dies
+    with SIGBUS (1 thread) in the backward of a channels-last 1x1 stride-2 conv with < 8 input channels on AVX2
+    (oneDNN #6035); width=4 has exactly such a downsampling conv, so this test hung before the fix."""
     x = torch.randn(16, 1, 28, 28)
     y = torch.randint(0, 10, (16,))
     model = ResNetClassifier(stages=[1, 1], width=4, channels_last=True, optimizer="momentum", lr=0.05)
     before = model.net[0].weight.detach().clone()
     trainer = quiet_trainer(tmp_path, max_steps=2)
-    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
-    assert model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+    assert "channels_last=True): left off on 'cpu'" in caplog.text
+    conv = next(m for m in model.net.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(before, model.net[0].weight)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_channels_last_is_applied_for_cuda() -> None:
+    """On CUDA the weights and inputs go channels-last (checked without a GPU: only the format, no backward)."""
+    model = ResNetClassifier(stages=[1, 1], width=4, channels_last=True)
+    model.prepare_net(torch.device("cuda"))
+    conv = next(m for m in model.net.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model._channels_last_active
