@@ -39,6 +39,7 @@ from typing_extensions import override
 
 from lightning_tricks.data import FashionMNISTDataModule
 from lightning_tricks.models import Classifier
+from lightning_tricks.report import report as draw_curves
 
 #: Columns of the default results table: (header, key in :meth:`Result.row`, format).
 DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -171,6 +172,11 @@ def parse_args(
         "shared CPU: on the 2-core VM of the results, 2 threads made a training step 16x slower under load",
     )
     parser.add_argument("--smoke", action="store_true", help="2 batches per stage, 1 epoch: checks the script runs")
+    parser.add_argument(
+        "--figure-dir",
+        default=None,
+        help="where `lightning-tricks report` writes <figure>.png and .md at the end (default: <log-dir>/figures)",
+    )
     if add_arguments is not None:
         add_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -393,8 +399,17 @@ def results_table(
     return "\n".join(lines)
 
 
-def report(experiment: str, table: str, args: argparse.Namespace, started: float, notes: str = "") -> str:
-    """Print the table with the command and total runtime, and save it as ``<log-dir>/<experiment>/results.md``."""
+def report(
+    experiment: str,
+    table: str,
+    args: argparse.Namespace,
+    started: float,
+    notes: str = "",
+    figures: Sequence[Figure] = (),
+) -> str:
+    """Print the table with the command and total runtime, save it as ``<log-dir>/<experiment>/results.md``, and draw
+    the runs' curves with ``lightning-tricks report`` (one PNG per :class:`Figure`, default: one of the whole
+    experiment) into ``--figure-dir``."""
     command = " ".join(["python", f"examples/{experiment}.py", *args.argv])
     text = f"## {experiment}\n\n`{command}`\n\n"
     text += f"{table}\n\nTotal runtime: {time.perf_counter() - started:.0f} s.\n"
@@ -404,7 +419,36 @@ def report(experiment: str, table: str, args: argparse.Namespace, started: float
     out = Path(args.log_dir, experiment)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text)
+    figure_dir = Path(args.figure_dir or Path(args.log_dir, "figures"))
+    for figure in figures or (Figure(experiment),):
+        paths = draw_curves(
+            [Path(args.log_dir, experiment)],
+            figure_dir,
+            tags=figure.tags,
+            variants=figure.variants,
+            name=figure.name,
+            note=size_note(args),
+        )
+        print("Figure:", paths[0], flush=True)
     return text
+
+
+@dataclass
+class Figure:
+    """One PNG of ``lightning-tricks report``: its file stem, the tags drawn (None: the defaults), which variants."""
+
+    name: str
+    tags: Sequence[str] | None = None
+    variants: str | None = None
+
+
+def size_note(args: argparse.Namespace) -> str:
+    """The size of the runs in one line, printed under the figure's title."""
+    subset = "all 55000" if args.train_subset is None else str(args.train_subset)
+    seeds = ", ".join(str(seed) for seed in args.seeds)
+    smoke = " (SMOKE TEST: 2 batches per stage, numbers meaningless)" if args.smoke else ""
+    images = f"{subset} training / {args.val_size} validation images"
+    return f"{args.epochs} epochs, {images}, batch {args.batch_size}, seed {seeds}{smoke}"
 
 
 def epochs_to_reach(curve: Sequence[float], target: float) -> float:

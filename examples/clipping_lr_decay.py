@@ -25,10 +25,11 @@ Run: ``python examples/clipping_lr_decay.py`` (``--clip-lr``, ``--decay-lr``, ``
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Sequence
 
-from _common import Result, Variant, parse_args, report, results_and_curves
+from _common import Figure, Result, Variant, parse_args, report, results_and_curves
 from _common import run_experiment as run
 from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -107,7 +108,13 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         + f"\n\nLearning-rate decay: 512-256 ReLU MLP, SGD + momentum 0.9, lr {args.decay_lr:g}:\n\n"
         + results_and_curves(decay_results, "val/acc")
     )
-    report(EXPERIMENT, table, args, started)
+    figures = [
+        Figure("clipping", tags=("train/loss_epoch", "val/acc"), variants="|".join(map(re.escape, clip_options))),
+        Figure(
+            "lr_decay", tags=("lr-SGD", "train/loss_epoch", "val/acc"), variants="|".join(map(re.escape, decay_options))
+        ),
+    ]
+    report(EXPERIMENT, table, args, started, figures=figures)
     return results
 
 

@@ -24,7 +24,17 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from _common import DEFAULT_COLUMNS, Result, Variant, curves_table, epochs_to_reach, parse_args, report, results_table
+from _common import (
+    DEFAULT_COLUMNS,
+    Figure,
+    Result,
+    Variant,
+    curves_table,
+    epochs_to_reach,
+    parse_args,
+    report,
+    results_table,
+)
 from _common import run_experiment as run
 
 from lightning_tricks.models import MLPClassifier
@@ -62,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         *DEFAULT_COLUMNS[3:],
     ]
     table = results_table(results, columns) + "\n\n" + curves_table(results, "val/acc", every=2)
-    report(EXPERIMENT, table, args, started)
+    report(
+        EXPERIMENT, table, args, started, figures=[Figure(EXPERIMENT, tags=("train/acc_epoch", "val/acc", "val/loss"))]
+    )
     return results
 
 

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Sequence
 
-from _common import DEFAULT_COLUMNS, Result, Variant, parse_args, report, results_table
+from _common import DEFAULT_COLUMNS, Figure, Result, Variant, parse_args, report, results_table
 from _common import run_experiment as run
 
 from lightning_tricks.callbacks import ActivationStats, WeightInit
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         + f"\n\nTraining ({args.epochs} epochs, SGD + momentum 0.9, lr {args.lr:g}):\n\n"
         + results_table(results, DEFAULT_COLUMNS)
     )
-    report(EXPERIMENT, table, args, started)
+    report(EXPERIMENT, table, args, started, figures=[Figure(EXPERIMENT, tags=("train/loss_epoch", "val/acc"))])
     return results
 
 

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from _common import (
     DEFAULT_COLUMNS,
+    Figure,
     Result,
     Variant,
     curves_table,
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         + "\n\n(Ensemble rows: 'best val acc' is the ensemble's validation accuracy, no epoch.)\n\n"
         + curves_table(results, "val/loss", every=5)
     )
-    report(EXPERIMENT, table, args, started)
+    report(EXPERIMENT, table, args, started, figures=[Figure(EXPERIMENT, variants="(?!ensemble).*")])
     return results
 
 

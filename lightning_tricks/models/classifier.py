@@ -65,13 +65,6 @@ def check_range(
         raise ValueError(f"Expected argument `{option}` to be in the range {interval}, but got {value!r}.")
 
 
-def _tensorboard_value(value: Any) -> bool | int | float | str:
-    """TensorBoard's hparams summary only takes numbers, booleans and strings: write anything else as text."""
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 class Classifier(LightningModule):
     """Base image classifier: cross-entropy training with a chosen optimizer, accuracy metrics and logging.
 
@@ -239,30 +232,22 @@ class Classifier(LightningModule):
         self._log_hparams_for_tensorboard()
 
     def _log_hparams_for_tensorboard(self) -> None:
+        """Record the run for TensorBoard's HPARAMS tab and the metrics' custom-scalar layout (rank zero).
+
+        The record holds the model's and data module's arguments plus the callbacks and trainer settings
+        (:func:`lightning_tricks._tensorboard.run_hparams`); the folder opened in TensorBoard gets the columns that
+        differ between runs first and the metrics family's layout (see :mod:`lightning_tricks._tensorboard`).
+        """
         trainer = self._trainer
         if trainer is None or not trainer.is_global_zero:
             return
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not loggers:
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             return
-        from torch.utils.tensorboard.summary import hparams
+        from lightning_tricks._tensorboard import log_run_record, run_hparams
 
-        params: dict[str, Any] = {}
-        datamodule = trainer.datamodule
-        if datamodule is not None and getattr(datamodule, "_log_hyperparams", False):
-            params.update(datamodule.hparams_initial)
-        if self._log_hyperparams:
-            params.update(self.hparams_initial)
-        # Leave out LightningCLI's internal entries (`_class_path`, `_instantiator`), as Lightning does for the first.
-        params = {key: _tensorboard_value(value) for key, value in params.items() if not key.startswith("_")}
         # The metric values are not written here (no placeholder points in the curves): TensorBoard reads the last
         # scalar of each listed key from the run when the HPARAMS tab is opened.
-        experiment, session_start, session_end = hparams(params, dict.fromkeys(HPARAMS_METRICS, 0.0))
-        for logger in loggers:
-            # The same writer Lightning's TensorBoardLogger.log_hyperparams uses; the first record of a run wins.
-            writer = logger.experiment._get_file_writer()
-            for summary in (experiment, session_start, session_end):
-                writer.add_summary(summary)
+        log_run_record(trainer, self, HPARAMS_METRICS, run_hparams(trainer, self))
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
