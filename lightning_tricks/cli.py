@@ -1,6 +1,7 @@
 """The ``lightning-tricks`` command: Lightning's ``LightningCLI`` with this package's models, data and callbacks.
 
-Subcommands are LightningCLI's: ``fit``, ``validate``, ``test`` and ``predict``. Models and data modules are chosen
+Subcommands are LightningCLI's: ``fit``, ``validate``, ``test`` and ``predict``, plus ``report`` (draw logged runs as
+PNG curves and a markdown table, see :mod:`lightning_tricks.report`). Models and data modules are chosen
 by class name; any Lightning callback and any callback of :mod:`lightning_tricks.callbacks` can be added by class
 name on the command line or in YAML::
 
@@ -287,8 +288,24 @@ def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
     )
 
 
+def run_report_subcommand(argv: list[str]) -> bool:
+    """Run ``lightning-tricks report ...`` when ``argv`` starts with ``report``; return whether it did.
+
+    ``report`` reads finished runs and trains nothing, so it is dispatched before LightningCLI builds its parser (whose
+    subcommands all instantiate a Trainer, a model and a data module).
+    """
+    if not argv or argv[0] != "report":
+        return False
+    from lightning_tricks.report import main as report_main
+
+    report_main(argv[1:], prog="lightning-tricks report")
+    return True
+
+
 def main() -> None:
     """Entry point of the ``lightning-tricks`` console script; exits with status 143 (128 + SIGTERM) after a SIGTERM."""
+    if run_report_subcommand(sys.argv[1:]):
+        return
     try:
         cli_main()  # LightningCLI reads sys.argv itself (given both, it warns)
     except SIGTERMException:
