@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from lightning.fabric.plugins.environments.lightning import find_free_network_port
+from _tensorboard_server import tensorboard_server
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -232,53 +229,17 @@ def test_console_script_help_lists_subcommands():
     assert "args parameter is intended" not in result.stderr, result.stderr
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read().decode())
-
-
 def test_tensorboard_server_lists_the_runs_scalars(tmp_path, fashion_mnist_dir):
     config = _tiny_config(tmp_path, fashion_mnist_dir)
     cli_main(["fit", "--config", str(config), "--test_after_fit", "false"])
-    port = find_free_network_port()
-    tensorboard = Path(sys.executable).with_name("tensorboard")
-    server = subprocess.Popen(
-        [
-            str(tensorboard),
-            "--logdir",
-            str(tmp_path / "logs"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--load_fast",
-            "false",
-            "--reload_interval",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        tags: dict = {}
-        deadline = time.monotonic() + 90  # bounded: the server loads the event files in the background
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"tensorboard exited early: {server.stderr.read().decode()[-2000:]}")
-            try:
-                tags = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
-            except OSError:
-                tags = {}
-            if tags and any("val/acc" in run_tags for run_tags in tags.values()):
-                break
-            time.sleep(1)
+    with tensorboard_server(tmp_path / "logs") as server:
+        tags = server.wait_for(
+            "/data/plugin/scalars/tags", lambda tags: any("val/acc" in run_tags for run_tags in tags.values())
+        )
         assert "mlp/version_0" in tags, f"runs listed: {sorted(tags)}"
         assert {"val/acc", "val/loss", "train/loss_step"} <= set(tags["mlp/version_0"])
-        points = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=mlp%2Fversion_0&tag=val%2Facc")
+        points = server.get("/data/plugin/scalars/scalars?run=mlp%2Fversion_0&tag=val%2Facc")
         assert len(points) == 2 and all(0.0 <= value <= 1.0 for _, _, value in points)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_unwritable_log_dir_fails_at_start_with_a_clear_message(tmp_path, fashion_mnist_dir):
