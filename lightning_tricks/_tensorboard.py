@@ -105,15 +105,18 @@ def _strategy_name(strategy: pl.strategies.Strategy) -> str:
 def run_hparams(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, HParam]:
     """Everything that defines a run, ready for TensorBoard's hparams (see the module docstring).
 
-    Keys: ``run`` (``<logger name>/<version>``), ``callbacks`` (their class names), ``callback/<Name>`` (each with its
-    non-default options), ``trainer/precision``, ``trainer/devices``, ``trainer/num_nodes``, ``trainer/strategy``,
-    ``trainer/accumulate_grad_batches``, ``trainer/max_epochs``, ``trainer/max_steps``, ``batch_size`` (per process,
-    from the data module), then the data module's and the module's own hyperparameters (as Lightning saved them).
+    Keys: ``run`` (the run's folder under the logger's ``save_dir``, e.g. ``default/version_0``), ``callbacks``
+    (their class names), ``callback/<Name>`` (each with its non-default options), ``trainer/precision``,
+    ``trainer/devices``, ``trainer/num_nodes``, ``trainer/strategy``, ``trainer/accumulate_grad_batches``,
+    ``trainer/max_epochs``, ``trainer/max_steps``, ``batch_size`` (per process, from the data module), then the data
+    module's and the module's own hyperparameters (as Lightning saved them).
     """
     params: dict[str, Any] = {}
     logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
     if logger is not None:
-        params["run"] = "/".join(str(part) for part in (logger.name, logger.version) if part not in (None, ""))
+        # The run's folder under the logger's save_dir (`default/version_0`, `dropout/dropout_0.5`): what TensorBoard
+        # lists when opened on save_dir.
+        params["run"] = Path(os.path.relpath(logger.log_dir, logger.save_dir)).as_posix()
     shown = [c for c in trainer.callbacks if not isinstance(c, (ProgressBar, ModelSummary))]
     params["callbacks"] = ", ".join(type(c).__name__ for c in shown) or "none"
     for callback in shown:

@@ -162,3 +162,19 @@ def test_early_stopping_on_a_per_rank_metric_stops_every_rank_together(tmp_path)
     # Lightning reduces the decision (any rank stopping stops all), so both stop after epoch 1, i.e. with 2 epochs
     # completed (``current_epoch`` in ``on_train_end``) instead of 8 on rank 0; a rank left behind would hang.
     assert stopped == {0: 2, 1: 2}, stopped
+
+
+def test_ddp_cli_hparams_name_the_trainer_settings_and_callbacks(runs):
+    """TensorBoard's HPARAMS record of the DDP run says it ran on 2 devices with DDP, and with which callbacks."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    events = EventAccumulator(str(runs["ddp"] / "logs" / "default" / "version_0"))
+    events.Reload()
+    content = events.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
+    hparams = metadata.parse_session_start_info_plugin_data(content).hparams
+    assert hparams["trainer/devices"].number_value == 2 and hparams["trainer/strategy"].string_value == "DDP"
+    assert hparams["batch_size"].number_value == GLOBAL_BATCH // 2, "per process"
+    assert hparams["callback/GradientClipping"].string_value == "GradientClipping()", "threshold=1.0 is the default"
+    assert hparams["callback/EMA"].string_value == "EMA(decay=0.9)"
+    assert hparams["run"].string_value == "default/version_0"
