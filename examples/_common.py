@@ -427,6 +427,7 @@ def report(
             tags=figure.tags,
             variants=figure.variants,
             name=figure.name,
+            profile=figure.profile,
             note=size_note(args),
         )
         print("Figure:", paths[0], flush=True)
@@ -435,11 +436,13 @@ def report(
 
 @dataclass
 class Figure:
-    """One PNG of ``lightning-tricks report``: its file stem, the tags drawn (None: the defaults), which variants."""
+    """One PNG of ``lightning-tricks report``: its file stem, the tags drawn (None: the defaults), which variants
+    (a regular expression), and a by-layer panel of the tags matching ``profile`` (see ``report --profile``)."""
 
     name: str
     tags: Sequence[str] | None = None
     variants: str | None = None
+    profile: str | None = None
 
 
 def size_note(args: argparse.Namespace) -> str:

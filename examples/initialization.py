@@ -108,7 +108,13 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         + f"\n\nTraining ({args.epochs} epochs, SGD + momentum 0.9, lr {args.lr:g}):\n\n"
         + results_table(results, DEFAULT_COLUMNS)
     )
-    report(EXPERIMENT, table, args, started, figures=[Figure(EXPERIMENT, tags=("train/loss_epoch", "val/acc"))])
+    report(
+        EXPERIMENT,
+        table,
+        args,
+        started,
+        figures=[Figure(EXPERIMENT, tags=("train/loss_epoch", "val/acc"), profile=_STD_KEY.pattern)],
+    )
     return results
 
 

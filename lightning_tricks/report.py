@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
@@ -185,38 +186,103 @@ def _band(group: Sequence[Run], tag: str, x: str) -> tuple[list[float], list[flo
     return xs, means, stds
 
 
+def _profile(group: Sequence[Run], pattern: re.Pattern[str]) -> tuple[list[float], list[float]]:
+    """Layer index and value (mean over the runs) of every tag matching ``pattern`` at its first logged step.
+
+    The pattern's first group names the layer; layers are numbered 1, 2, ... in the order of that group (numeric when
+    it is a number: ``net.1``, ``net.3``, ... are layers 1, 2, ...).
+    """
+    at: dict[str, list[float]] = {}
+    for run in group:
+        for tag, points in run.scalars.items():
+            match = pattern.fullmatch(tag)
+            if match and points:
+                value = points[0][1]
+                at.setdefault(match.group(1), []).append(value if math.isfinite(value) else math.nan)
+    numeric = all(layer.isdigit() for layer in at)
+    layers = sorted(at, key=lambda layer: int(layer) if numeric else layer)
+    return [float(i) for i in range(1, len(layers) + 1)], [statistics.fmean(at[layer]) for layer in layers]
+
+
+def _label(name: str, group: Sequence[Run]) -> str:
+    return name if len(group) == 1 else f"{name} (mean ± std, {len(group)} seeds)"
+
+
+def _draw_curves(axis: Any, groups: dict[str, list[Run]], tag: str, x: str) -> None:
+    diverged = []
+    for colour, (name, group) in zip(_colours(groups), groups.items(), strict=True):
+        xs, means, stds = _band(group, tag, x)
+        if not xs:
+            continue
+        if not any(math.isfinite(m) for m in means):
+            diverged.append(name)  # nothing to draw: say so in the panel
+        axis.plot(xs, means, color=colour, marker="." if len(xs) < 30 else None, label=_label(name, group))
+        if len(group) > 1:
+            lower = [m - s for m, s in zip(means, stds, strict=True)]
+            upper = [m + s for m, s in zip(means, stds, strict=True)]
+            axis.fill_between(xs, lower, upper, color=colour, alpha=0.2, linewidth=0)
+    if diverged:
+        text = "non-finite (diverged): " + ", ".join(diverged)
+        axis.text(0.02, 0.02, text, transform=axis.transAxes, fontsize=7, color="0.3", va="bottom")
+    axis.set_title(tag, fontsize=10)
+    axis.set_xlabel("epoch" if x == "epoch" else "step")
+    if tag.endswith("loss") or "loss_" in tag:
+        finite = [v for group in groups.values() for run in group for v in run.curve(tag)[1] if math.isfinite(v)]
+        if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
+            axis.set_yscale("log")  # a loss spanning decades: the small differences would be flat otherwise
+
+
+def _draw_profile(axis: Any, groups: dict[str, list[Run]], profile: str) -> None:
+    pattern = re.compile(profile)
+    finite: list[float] = []
+    for colour, (name, group) in zip(_colours(groups), groups.items(), strict=True):
+        xs, values = _profile(group, pattern)
+        finite += [v for v in values if math.isfinite(v)]
+        if xs:
+            axis.plot(xs, values, color=colour, marker=".", label=_label(name, group))
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
+        axis.set_yscale("log")  # scales that grow or shrink geometrically through depth
+    readable = re.sub(r"\((?:[^()\\]|\\.)*\)", "<layer>", profile.strip("^$")).replace("\\", "")
+    axis.set_title(f"{readable} at the first logged step", fontsize=9)
+    axis.set_xlabel("layer (in order)")
+
+
+def _colours(groups: dict[str, list[Run]]) -> list[str]:
+    return [f"C{i % 10}" for i in range(len(groups))]
+
+
 def plot_experiment(
-    runs: Sequence[Run], tags: Sequence[str], output: Path, *, title: str, note: str = "", x: str = "epoch"
+    runs: Sequence[Run],
+    tags: Sequence[str],
+    output: Path,
+    *,
+    title: str,
+    note: str = "",
+    x: str = "epoch",
+    profile: str | None = None,
 ) -> Path:
-    """Draw one panel per tag (variants overlaid, mean ± std band over seeds) and save the PNG to ``output``."""
+    """Draw one panel per tag (variants overlaid, mean ± std band over seeds) and save the PNG to ``output``.
+
+    With ``profile`` (a regular expression whose first group is the layer), a first panel shows the value of every
+    matching tag at its first logged step against the layer: e.g. the activation scale through depth at step 0.
+    """
     from matplotlib.figure import Figure  # imported here: `report` is the only part of the package that draws
 
     groups = by_variant(runs)
-    figure = Figure(figsize=(4.2 * len(tags), 3.4 if not note else 3.7), dpi=80, layout="constrained")
-    axes = figure.subplots(1, len(tags), squeeze=False)[0]
-    colours = [f"C{i % 10}" for i in range(len(groups))]
-    for axis, tag in zip(axes, tags, strict=True):
-        for colour, (name, group) in zip(colours, groups.items(), strict=True):
-            xs, means, stds = _band(group, tag, x)
-            if not xs:
-                continue
-            label = name if len(group) == 1 else f"{name} (mean ± std, {len(group)} seeds)"
-            if not any(math.isfinite(m) for m in means):
-                label += ": non-finite (diverged)"
-            axis.plot(xs, means, color=colour, marker="." if len(xs) < 30 else None, label=label)
-            if len(group) > 1:
-                lower = [m - s for m, s in zip(means, stds, strict=True)]
-                upper = [m + s for m, s in zip(means, stds, strict=True)]
-                axis.fill_between(xs, lower, upper, color=colour, alpha=0.2, linewidth=0)
-        axis.set_title(tag, fontsize=10)
-        axis.set_xlabel("epoch" if x == "epoch" else "step")
+    panels = ([profile] if profile else []) + list(tags)
+    figure = Figure(figsize=(4.2 * len(panels), 3.4 if not note else 3.7), dpi=80, layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for i, axis in enumerate(axes):
+        if profile and i == 0:
+            _draw_profile(axis, groups, profile)
+        else:
+            _draw_curves(axis, groups, panels[i], x)
         axis.grid(alpha=0.3)
-        if tag.endswith("loss") or "loss_" in tag:
-            finite = [v for group in groups.values() for run in group for v in run.curve(tag)[1] if math.isfinite(v)]
-            if finite and min(finite) > 0 and max(finite) / min(finite) > 30:
-                axis.set_yscale("log")  # a loss spanning decades: the small differences would be flat otherwise
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+    legend: dict[str, Any] = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize=8, frameon=False)
     figure.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, format="png")
@@ -233,6 +299,7 @@ def report(
     note: str = "",
     variants: str | None = None,
     name: str | None = None,
+    profile: str | None = None,
 ) -> list[Path]:
     """Write ``<experiment>.png`` and ``<experiment>.md`` into ``output`` for every folder of ``run_dirs``.
 
@@ -245,6 +312,8 @@ def report(
         note: a line printed under the figure's title (e.g. the run size).
         variants: a regular expression; only the variants whose name matches it in full are drawn and tabled.
         name: the file stem and title (default: the folder's name); only with a single ``RUN_DIR``.
+        profile: a regular expression whose first group is a layer (e.g. ``activation/net\\.(\\d+)/std``): adds a
+            first panel of each matching tag's value at its first logged step, against the layer.
 
     Returns:
         The written files, figure then table for each experiment.
@@ -256,6 +325,13 @@ def report(
     """
     if x not in ("epoch", "step"):
         raise ValueError(f"Expected argument `x` to be one of ['epoch', 'step'], but got {x!r}.")
+    if profile is not None:
+        try:
+            groups = re.compile(profile).groups
+        except re.error as error:
+            raise ValueError(f"`profile` {profile!r} is not a regular expression ({error}).") from error
+        if groups < 1:
+            raise ValueError(f"`profile` {profile!r} needs a group for the layer, e.g. 'activation/net\\.(\\d+)/std'.")
     if name is not None and len(run_dirs) != 1:
         raise ValueError(f"`name` ({name!r}) names one figure, but {len(run_dirs)} RUN_DIR were given: pass one.")
     written = []
@@ -274,6 +350,8 @@ def report(
             if missing:
                 shown = ", ".join(sorted(present)[:40])
                 raise ValueError(f"`{option}`: {missing} logged by no run under {str(run_dir)!r}; its tags: {shown}.")
+        if profile is not None and not any(re.fullmatch(profile, tag) for tag in present):
+            raise ValueError(f"`profile` {profile!r} matches no tag logged under {str(run_dir)!r}.")
         drawn = list(tags) if tags else [tag for tag in DEFAULT_TAGS if tag in present]
         columns = list(table_tags) if table_tags else [tag for tag in DEFAULT_TABLE_TAGS if tag in present]
         if not drawn:
@@ -281,7 +359,7 @@ def report(
                 f"None of the default tags {list(DEFAULT_TAGS)} is logged under {str(run_dir)!r}: pass --tags."
             )
         stem = name or Path(run_dir).resolve().name
-        figure = plot_experiment(runs, drawn, Path(output, f"{stem}.png"), title=stem, note=note, x=x)
+        figure = plot_experiment(runs, drawn, Path(output, f"{stem}.png"), title=stem, note=note, x=x, profile=profile)
         table = markdown_table(runs, columns, best="val/acc" if "val/acc" in present else None)
         table_path = Path(output, f"{stem}.md")
         table_path.write_text(table + "\n")
@@ -303,6 +381,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--note", default="", help="a line under the figure title, e.g. the size of the runs")
     parser.add_argument("--variants", default=None, metavar="REGEX", help="draw only the variants matching REGEX")
     parser.add_argument("--name", default=None, help="file stem and title (one RUN_DIR only; default: its name)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="REGEX",
+        help="add a panel of the tags matching REGEX (its group 1 is the layer) at their first step, by layer",
+    )
     return parser
 
 
@@ -320,6 +404,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> list[Pat
             note=args.note,
             variants=args.variants,
             name=args.name,
+            profile=args.profile,
         )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))

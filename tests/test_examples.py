@@ -36,10 +36,15 @@ def _load(name: str) -> ModuleType:
     return importlib.reload(module) if module is not None else importlib.import_module(name)
 
 
-def _smoke(name: str, tmp_path: Path, data_dir: Path, *extra: str) -> tuple[list, str]:
+def _smoke(name: str, tmp_path: Path, data_dir: Path, *extra: str, figures: tuple[str, ...] = ()) -> tuple[list, str]:
     argv = ["--smoke", "--accelerator", "cpu", "--data-dir", str(data_dir), "--log-dir", str(tmp_path), *extra]
     results = _load(name).main(argv)
     table = (tmp_path / name / "results.md").read_text()
+    for figure in figures or (name,):  # drawn by `lightning-tricks report` at the end of the script
+        png = tmp_path / "figures" / f"{figure}.png"
+        assert png.read_bytes().startswith(b"\x89PNG"), png
+        rows = (tmp_path / "figures" / f"{figure}.md").read_text()
+        assert rows.startswith("| variant |") and len(rows.splitlines()) > 2, rows
     return results, table
 
 
@@ -93,7 +98,9 @@ def test_optimizers(tmp_path: Path, fashion_mnist_dir: Path) -> None:
 
 
 def test_clipping_lr_decay(tmp_path: Path, fashion_mnist_dir: Path) -> None:
-    results, table = _smoke("clipping_lr_decay", tmp_path, fashion_mnist_dir, "--clip-depth", "2")
+    results, table = _smoke(
+        "clipping_lr_decay", tmp_path, fashion_mnist_dir, "--clip-depth", "2", figures=("clipping", "lr_decay")
+    )
     names = ["no_clip", "clip_norm_1", "clip_agc_0.02", "lr_constant", "lr_exp_0.98", "lr_exp_0.8", "lr_cosine"]
     _check_runs(results, table, tmp_path, "clipping_lr_decay", names)
     by_name = {r.variant: r for r in results}

@@ -178,6 +178,12 @@ def test_report_refuses_an_unknown_tag_and_a_folder_without_runs(experiment, tmp
     with pytest.raises(SystemExit):
         main([str(experiment["logs"] / "exp"), "--output", str(tmp_path), "--tags", "val/accuracy"])
     assert "['val/accuracy'] logged by no run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(experiment["logs"] / "exp"), "--output", str(tmp_path), "--profile", "val/acc"])
+    assert "needs a group for the layer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(experiment["logs"] / "exp"), "--output", str(tmp_path), "--profile", r"activation/net\.(\d+)/std"])
+    assert "matches no tag logged under" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "empty"), "--output", str(tmp_path)])
