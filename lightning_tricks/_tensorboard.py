@@ -7,15 +7,16 @@ best: numbers stay numbers; booleans, ``None``, lists and objects become short r
 a number shows as ``0.0000`` / ``1.0000``).
 
 Which columns the HPARAMS tab shows first is decided by the *experiment* record (``_hparams_/experiment``): TensorBoard
-sorts its columns with ``differs`` first and shows the first five. A record written by each run cannot know the other
-runs, so every column says "does not differ" and the tab opens on the first five names in alphabetical order. Here
-the runs write no experiment record; :func:`write_summary_run` writes one into the folders a person opens
-(the logger's ``save_dir`` and ``save_dir/name``), built from the sessions of every run found under that folder, with
-``differs`` set for a value that varies or is missing in some runs, and the metric columns limited to the real
-metrics. It is rebuilt (file replaced) each time a run starts. The same small run (it has no scalars, so it adds no
-curves) carries the custom-scalar layout of the metrics family, so that the CUSTOM SCALARS tab opens on loss,
-accuracy and learning rate: TensorBoard merges the layouts of all runs in run-name order, and this run, ``.`` under
-the opened folder, comes first.
+takes the first one it finds, sorts its columns with ``differs`` first and shows the first five. A record written by a
+run for itself alone marks no column as differing, so the tab opened on the first five names in alphabetical order.
+Here :func:`write_summary_run` writes a record into the folders a person opens (the logger's ``save_dir`` and
+``save_dir/name``, never the current working directory: see :func:`summary_folders`), built from the sessions of every
+run found under that folder, with ``differs`` set for a value that varies or is missing in some runs, and the metric
+columns limited to the real metrics. It is rebuilt (file replaced) each time a run starts, as a small run of its own
+(no scalars, so no curves) that TensorBoard reads first (the opened folder itself, run ``.``). Each run also holds the
+record as it stood at its start, so that Lightning's ``hp_metric`` record is not the one kept for the run. The same
+small run carries the custom-scalar layout of the metrics family, so that the CUSTOM SCALARS tab opens on loss,
+accuracy and learning rate: TensorBoard merges the layouts of all runs in run-name order, and ``.`` comes first.
 
 A TensorBoard server that is already running keeps the experiment record it read first; reload the page after
 restarting the server to see the columns of runs started since.
@@ -272,11 +273,26 @@ def write_summary_run(folder: str | Path, metrics: Sequence[str], first: Sequenc
     return max(folder.glob(f"*tfevents*{SUMMARY_SUFFIX}"), key=os.path.getmtime)
 
 
+def summary_folders(logger: TensorBoardLogger) -> list[str]:
+    """Where the summary run goes, widest first: ``save_dir`` and ``save_dir/name``, local folders only.
+
+    The current working directory is left out: it is Lightning's default ``save_dir`` (runs in ``./lightning_logs``),
+    usually a project folder, which should get no event file and whose whole tree should not be searched. Remote
+    folders (``s3://...``) are left out too; TensorBoard then computes the columns itself (without metrics first).
+    """
+    cwd = Path.cwd().resolve()
+    folders = []
+    for folder in dict.fromkeys(str(folder) for folder in (logger.save_dir, logger.root_dir) if folder):
+        if "://" not in folder and Path(folder).resolve() != cwd:
+            folders.append(folder)
+    return folders
+
+
 def log_run_record(
     trainer: pl.Trainer, module: pl.LightningModule, metrics: Sequence[str], params: Mapping[str, HParam]
 ) -> None:
     """Write the run's session (``params``) to each TensorBoard logger, then the summary run of the folders a person
-    opens: the logger's ``save_dir`` and ``save_dir/name``. Rank zero only.
+    opens (:func:`summary_folders`). Rank zero only.
 
     The run also gets the experiment record of ``save_dir`` as it stands now: TensorBoard keeps the first experiment
     record of a run, and this one (with the real metrics) must come before the ``hp_metric`` record that Lightning's
@@ -290,8 +306,7 @@ def log_run_record(
         writer = logger.experiment._get_file_writer()  # the writer Lightning's log_hyperparams uses
         write_session(writer, params)
         writer.flush()
-        folders = [str(Path(folder)) for folder in dict.fromkeys((logger.save_dir, logger.root_dir)) if folder]
-        local = [folder for folder in folders if "://" not in folder]  # remote: TensorBoard computes the columns
+        local = summary_folders(logger)
         sessions = read_sessions(local[0]).values() if local else [{k: _value_pb(v) for k, v in params.items()}]
         writer.add_summary(experiment_summary(sessions, metrics, list(params)))
         for folder in local:

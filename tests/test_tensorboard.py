@@ -189,3 +189,17 @@ def test_report_refuses_an_unknown_tag_and_a_folder_without_runs(experiment, tmp
         main([str(tmp_path / "empty"), "--output", str(tmp_path)])
     assert "holds no TensorBoard event file with scalars" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_summary_run_never_goes_into_the_working_directory(tmp_path, monkeypatch):
+    """Lightning's default logger saves under the working directory (a project folder): no file there, no search."""
+    from lightning_tricks._tensorboard import summary_folders
+
+    monkeypatch.chdir(tmp_path)
+
+    def folders(save_dir: str, name: str) -> list[Path]:
+        return [Path(folder) for folder in summary_folders(TensorBoardLogger(save_dir, name=name))]
+
+    assert folders(".", "lightning_logs") == [Path("lightning_logs")]
+    assert folders(".", "") == []
+    assert folders("logs", "mlp") == [Path("logs"), Path("logs/mlp")]
