@@ -95,11 +95,14 @@ class Classifier(LightningModule):
     ``test/loss``, ``test/acc`` (per epoch, reduced over DDP ranks: losses with ``sync_dist=True``, accuracy through
     torchmetrics' own state sync). Label smoothing applies to the training loss only.
 
-    TensorBoard HPARAMS: the TensorBoard ``hparams`` summary is written in ``setup`` (before Lightning's own
-    automatic call) with the metrics ``val/acc``, ``val/loss``, ``test/acc``, ``test/loss``, ``train/acc_epoch`` and
-    ``train/loss_epoch``. TensorBoard keeps the first ``hparams`` summary of a run, so the HPARAMS tab shows these
-    metrics next to the configuration (the datamodule's hyperparameters included) whether or not the
-    ``TensorBoardLogger`` was created with ``default_hp_metric=False``; no placeholder scalars are logged.
+    TensorBoard HPARAMS: the TensorBoard ``hparams`` record is written in ``setup`` (before Lightning's own automatic
+    call) with the metrics ``val/acc``, ``val/loss``, ``test/acc``, ``test/loss``, ``train/acc_epoch`` and
+    ``train/loss_epoch``, next to the configuration: the model's and data module's arguments, the run's folder, the
+    callbacks with their non-default options and the key trainer settings (precision, devices, strategy, max_epochs,
+    batch size); the columns that differ between the runs of the log folder come first, and the CUSTOM SCALARS tab
+    opens on the metrics (see :mod:`lightning_tricks._tensorboard`). TensorBoard keeps the first ``hparams`` record of a
+    run, so this holds whether or not the ``TensorBoardLogger`` was created with ``default_hp_metric=False``; no
+    placeholder scalars are logged.
 
     Args:
         optimizer: one of ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adagrad"``, ``"rmsprop"``, ``"adam"``,
