@@ -172,11 +172,18 @@ def markdown_table(runs: Sequence[Run], tags: Sequence[str], best: str | None = 
 
 
 def _band(group: Sequence[Run], tag: str, x: str) -> tuple[list[float], list[float], list[float]]:
-    """x, mean and std (0 for a single run) of ``tag`` over the runs of one variant, aligned on x."""
+    """x, mean and std (0 for a single run) of ``tag`` over the runs of one variant, aligned on x.
+
+    Points of one run that share an x (a per-step tag drawn by epoch) are averaged first, so the band is the spread
+    between runs (seeds), never within one.
+    """
     at: dict[float, list[float]] = {}
     for run in group:
+        per_run: dict[float, list[float]] = {}
         for xi, value in zip(*run.curve(tag, x), strict=True):
-            at.setdefault(xi, []).append(value if math.isfinite(value) else math.nan)
+            per_run.setdefault(xi, []).append(value if math.isfinite(value) else math.nan)
+        for xi, values in per_run.items():
+            at.setdefault(xi, []).append(statistics.fmean(values))  # NaN if any is NaN
     xs = sorted(at)
     means = [statistics.fmean(at[xi]) if all(math.isfinite(v) for v in at[xi]) else math.nan for xi in xs]
     stds = [

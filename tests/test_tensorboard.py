@@ -203,3 +203,16 @@ def test_the_summary_run_never_goes_into_the_working_directory(tmp_path, monkeyp
     assert folders(".", "lightning_logs") == [Path("lightning_logs")]
     assert folders(".", "") == []
     assert folders("logs", "mlp") == [Path("logs"), Path("logs/mlp")]
+
+
+def test_the_band_is_the_spread_between_seeds_of_per_epoch_means():
+    from lightning_tricks.report import Run, _band
+
+    epochs = [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]  # steps 0-1 in epoch 0, steps 2-3 in epoch 1
+    seed0 = Run("v", "seed0", Path("a"), 0.0, {"epoch": epochs, "loss": [(0, 4.0), (1, 2.0), (2, 1.0), (3, 1.0)]})
+    seed1 = Run("v", "seed1", Path("b"), 1.0, {"epoch": epochs, "loss": [(0, 2.0), (1, 2.0), (2, 3.0), (3, math.nan)]})
+    xs, means, stds = _band([seed0, seed1], "loss", "epoch")
+    assert xs == [1.0, 2.0]
+    assert means[0] == pytest.approx(2.5) and stds[0] == pytest.approx(statistics.stdev([3.0, 2.0]))
+    assert math.isnan(means[1]), "a non-finite value is never averaged away"
+    assert _band([seed0], "loss", "step") == ([0.0, 1.0, 2.0, 3.0], [4.0, 2.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0])
