@@ -10,9 +10,13 @@ its epoch, test accuracy, epochs run and fit wall time. The variant's settings g
 and to the run's TensorBoard TEXT tab; the model's and data module's hyperparameters are saved by Lightning
 (``hparams.yaml`` and the HPARAMS tab).
 
+At the end, :func:`report` saves the table as ``<log-dir>/<experiment>/results.md`` and draws the logged curves with
+``lightning-tricks report`` (:mod:`lightning_tricks.report`): one PNG and table per :class:`Figure` in
+``--figure-dir`` (default ``<log-dir>/figures``), titled with the size of the runs.
+
 Scale flags shared by every script (CPU-friendly defaults are set by each script): ``--epochs``, ``--train-subset``,
-``--seeds``, ``--batch-size``, ``--val-size``, ``--accelerator``, ``--threads``, ``--data-dir``, ``--log-dir`` and
-``--smoke`` (2 batches per stage, 1 epoch, the tests' mode).
+``--seeds``, ``--batch-size``, ``--val-size``, ``--accelerator``, ``--threads``, ``--data-dir``, ``--log-dir``,
+``--figure-dir`` and ``--smoke`` (2 batches per stage, 1 epoch, the tests' mode).
 """
 
 from __future__ import annotations
