@@ -21,12 +21,13 @@ curve is non-finite says so in the legend.
 from __future__ import annotations
 
 import argparse
+import bisect
 import io
 import math
 import re
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ class Run:
         if x == "step":
             xs = [float(step) for step, _ in points]
         elif epochs:
-            xs = [float(_epoch_at(epochs, step) + 1) for step, _ in points]
+            epoch_at = _epoch_lookup(epochs)
+            xs = [float(epoch_at(step) + 1) for step, _ in points]
         else:
             xs = [float(i) for i in range(1, len(points) + 1)]
         return xs, [value for _, value in points]
@@ -72,14 +74,18 @@ class Run:
         return points[-1][1] if points else math.nan
 
 
-def _epoch_at(epochs: list[tuple[int, float]], step: int) -> int:
-    """The epoch logged at the latest step ``<= step`` (``epochs`` sorted by step, as written)."""
-    current = epochs[0][1]
-    for epoch_step, epoch in epochs:
-        if epoch_step > step:
-            break
-        current = epoch
-    return int(current)
+def _epoch_lookup(epochs: list[tuple[int, float]]) -> Callable[[int], int]:
+    """``step -> epoch``: the epoch logged at the latest step ``<= step`` (the first one for earlier steps).
+
+    Lightning logs ``epoch`` with every logging call, so there are as many of them as logged steps: a binary search.
+    """
+    ordered = sorted(epochs, key=lambda point: point[0])  # stable: the last one written wins at equal steps
+    steps = [step for step, _ in ordered]
+
+    def epoch_at(step: int) -> int:
+        return int(ordered[max(bisect.bisect_right(steps, step) - 1, 0)][1])
+
+    return epoch_at
 
 
 def load_run(path: Path, root: Path) -> Run:
