@@ -33,6 +33,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 HParam = bool | int | float | str
@@ -73,14 +74,26 @@ def _text(value: Any) -> str:
         return "{" + ", ".join(f"{key}: {_text(item)}" for key, item in value.items()) + "}"
     if isinstance(value, (int, float, str)):
         return str(value)
-    return type(value).__name__ if type(value).__repr__ is object.__repr__ else str(value)
+    return type(value).__name__  # an object (a parser, a module, a function): its repr can be pages long
 
 
-def callback_label(callback: pl.Callback) -> str:
+def _inside(value: Any, folder: str | None) -> bool:
+    """Whether ``value`` is a path inside ``folder`` (e.g. a checkpoint folder in the run's own folder)."""
+    if folder is None or not isinstance(value, (str, os.PathLike)) or "://" in str(value):
+        return False
+    try:
+        return Path(value).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def callback_label(callback: pl.Callback, run_dir: str | None = None) -> str:
     """``Name(option=value, ...)`` with the options that differ from the defaults of ``Name.__init__``.
 
     An option is found as the attribute of the same name, or with a leading underscore; options stored under other
-    names are left out (Lightning callbacks have no common way to list their options).
+    names are left out (Lightning callbacks have no common way to list their options). Paths inside ``run_dir`` (the
+    run's own folder, e.g. ``ModelCheckpoint``'s resolved ``dirpath``) are left out too: they differ between runs by
+    construction and would make every run look different.
     """
     options = []
     for name, parameter in inspect.signature(type(callback).__init__).parameters.items():
@@ -88,7 +101,7 @@ def callback_label(callback: pl.Callback) -> str:
             continue
         missing = object()
         value = getattr(callback, name, getattr(callback, f"_{name}", missing))
-        if value is missing or (callable(value) and not isinstance(value, type)):
+        if value is missing or (callable(value) and not isinstance(value, type)) or _inside(value, run_dir):
             continue
         with contextlib.suppress(Exception):  # a tensor or array compared with a default: keep it
             if parameter.default is not parameter.empty and bool(value == parameter.default):
@@ -114,15 +127,19 @@ def run_hparams(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, HP
     """
     params: dict[str, Any] = {}
     logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    run_dir = logger.log_dir if logger is not None else None
     if logger is not None:
         # The run's folder under the logger's save_dir (`default/version_0`, `dropout/dropout_0.5`): what TensorBoard
         # lists when opened on save_dir.
         params["run"] = Path(os.path.relpath(logger.log_dir, logger.save_dir)).as_posix()
-    shown = [c for c in trainer.callbacks if not isinstance(c, (ProgressBar, ModelSummary))]
+    # Display and bookkeeping callbacks say nothing about the training (LightningCLI's SaveConfigCallback holds the
+    # whole parser; the config it saves is in the run's config.yaml).
+    shown = [c for c in trainer.callbacks if not isinstance(c, (ProgressBar, ModelSummary, SaveConfigCallback))]
     params["callbacks"] = ", ".join(type(c).__name__ for c in shown) or "none"
     for callback in shown:
         key = f"callback/{type(callback).__name__}"
-        params[key] = params[key] + "; " + callback_label(callback) if key in params else callback_label(callback)
+        label = callback_label(callback, run_dir)
+        params[key] = f"{params[key]}; {label}" if key in params else label
     params.update(
         {
             "trainer/precision": trainer.precision,

@@ -178,3 +178,5 @@ def test_ddp_cli_hparams_name_the_trainer_settings_and_callbacks(runs):
     assert hparams["callback/GradientClipping"].string_value == "GradientClipping()", "threshold=1.0 is the default"
     assert hparams["callback/EMA"].string_value == "EMA(decay=0.9)"
     assert hparams["run"].string_value == "default/version_0"
+    assert "callback/SaveConfigCallback" not in hparams, "LightningCLI's bookkeeping (it holds the whole parser)"
+    assert "dirpath" not in hparams["callback/ModelCheckpoint"].string_value, "a path inside the run differs per run"

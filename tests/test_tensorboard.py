@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from _tensorboard_server import tensorboard_server
 from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_tricks.callbacks import EMA, GradientClipping, LRDecay
@@ -63,8 +64,8 @@ def experiment(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path
             limit_test_batches=1,
             log_every_n_steps=1,
             logger=TensorBoardLogger(logs, name="exp", version=version, default_hp_metric=False),
-            callbacks=[*callbacks(), recorder],
-            enable_checkpointing=False,
+            # A checkpoint folder inside each run's own folder: a path that differs between runs by construction.
+            callbacks=[*callbacks(), recorder, ModelCheckpoint(monitor="val/acc", mode="max")],
             enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
@@ -108,6 +109,7 @@ def test_tensorboard_shows_metrics_first_and_hparams_columns_that_tell_runs_apar
         differs = [info["name"] for info in experiment_info["hparamInfos"] if info.get("differs")]
         assert {"run", "callbacks", "callback/EMA", "trainer/precision", "seed"} <= set(differs), differs
         assert not {"optimizer", "hidden_sizes", "trainer/devices", "batch_size"} & set(differs), differs
+        assert "callback/ModelCheckpoint" in infos and "callback/ModelCheckpoint" not in differs, "no per-run path"
         order = [info["name"] for info in experiment_info["hparamInfos"]]
         assert order[: len(differs)] == differs, "the columns that differ are listed (and shown) first"
         assert [m["name"]["tag"] for m in experiment_info["metricInfos"]] == list(HPARAMS_METRICS)
@@ -124,7 +126,8 @@ def test_tensorboard_shows_metrics_first_and_hparams_columns_that_tell_runs_apar
         assert set(groups) == {f"exp/{run}" for run in RUNS}, sorted(groups)
         tricks = groups["exp/tricks"]["hparams"]
         assert tricks["run"] == "exp/tricks", "the variant named in full"
-        assert tricks["callbacks"] == "GradientClipping, EMA, LRDecay, _RecordValAcc"
+        assert tricks["callbacks"] == "GradientClipping, EMA, LRDecay, _RecordValAcc, ModelCheckpoint"
+        assert tricks["callback/ModelCheckpoint"].startswith("ModelCheckpoint(monitor=val/acc, mode=max")
         assert tricks["callback/GradientClipping"] == "GradientClipping(mode=agc, threshold=0.02)"
         assert tricks["callback/EMA"] == "EMA(decay=0.9)"
         assert tricks["callback/LRDecay"] == "LRDecay(gamma=0.5)"
