@@ -311,6 +311,7 @@ class GradLayout:
         layers: layer names in first-seen order.
         layer_of: the position in ``layers`` of each parameter's layer.
         float32: whether every parameter (hence every gradient) is float32.
+        half: whether some parameter is float16 / bfloat16 (norms of such gradients are best taken in float32).
     """
 
     names: list[str]
@@ -318,6 +319,7 @@ class GradLayout:
     layers: list[str]
     layer_of: list[int]
     float32: bool
+    half: bool = False
     _index: dict[torch.device, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -329,7 +331,8 @@ class GradLayout:
             for i in members:
                 layer_of[i] = g
         float32 = all(p.dtype == torch.float32 for _, p in named)
-        return cls([n for n, _ in named], [p for _, p in named], list(groups), layer_of, float32)
+        half = any(p.dtype in (torch.float16, torch.bfloat16) for _, p in named)
+        return cls([n for n, _ in named], [p for _, p in named], list(groups), layer_of, float32, half)
 
     def grads(self) -> list[Tensor]:
         """The current gradients (new tensor objects after each ``zero_grad(set_to_none=True)``)."""

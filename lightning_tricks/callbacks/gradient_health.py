@@ -9,7 +9,7 @@ upstream as Lightning issue #21589 (gradient statistics).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -19,18 +19,20 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._monitoring import (
     GradLayout,
     GradLayoutCache,
     is_logging_step,
     log_metrics,
-    logging_step,
     resolve_every_n_steps,
     to_host,
     validate_every_n,
 )
+from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
 _ACTIONS = ("warn", "skip", "stop")
+_COUNTS = ("exploding_steps", "nonfinite_steps", "skipped_steps", "scaler_skipped_steps")
 _BUFFER_STEPS = 64  # "warn": checked steps buffered before they are diagnosed together
 _REMEDIES = (
     "Classic remedies: normalization layers (batch / layer norm), a better initialization (Xavier / Kaiming, "
@@ -115,6 +117,18 @@ class GradientHealth(Callback):
     step too (so a ``ModelCheckpoint`` only ever sees the last good weights) and sets ``trainer.should_stop``.
     Under DDP a step is skipped on every rank when any rank flags it (``reduce_boolean_decision(all=False)``).
 
+    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    optimizer. Every optimizer (a GAN's generator and discriminator, automatic or manual optimization) has its own
+    norm history, counts and logged keys, so one optimizer's gradients are never judged against another's. Skipped
+    batches (``training_step`` returning ``None``) and accumulation micro-batches are not checked;
+    ``check_every_n_steps`` counts each optimizer's own steps.
+
+    Precision: every Lightning precision works. Under ``16-mixed`` with a ``GradScaler``, non-finite gradients are
+    the scaler's routine overflow (it skips that step and lowers its scale): they are counted as
+    ``scaler_skipped_steps``, never as non-finite or exploding, and never skip or stop anything. Norms of
+    ``16-true`` / ``bf16-true`` gradients are taken in float32. Sharded strategies (FSDP, DeepSpeed) are refused at
+    ``setup``: each rank holds only a shard of the gradients.
+
     Cost and syncs: ``"warn"`` does two kernels per checked step: one ``_foreach_norm`` over the gradients, whose
     per-tensor norms are stacked into a row of a preallocated device buffer. The buffered steps are diagnosed
     together, as one batch of tiny kernels, when the buffer holds 64 steps, at a logging step, when the optimizer's
@@ -126,10 +140,12 @@ class GradientHealth(Callback):
     to thin it out. The parameter list, names and layer grouping are cached per optimizer and rebuilt only when the
     set of parameters with gradients changes.
 
-    Logged keys (rank zero, every ``log_every_n_steps``): ``grad_health/total_norm`` and ``grad_health/median_norm``
-    (last checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer gradient norm),
-    ``grad_health/vanishing_layers`` (layers flagged in the interval), and the running counts
-    ``grad_health/exploding_steps``, ``grad_health/nonfinite_steps``, ``grad_health/skipped_steps``.
+    Logged keys (rank zero, every ``log_every_n_steps``, at the end of the batch): ``grad_health/total_norm`` and
+    ``grad_health/median_norm`` (last checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer
+    gradient norm), ``grad_health/vanishing_layers`` (layers flagged in the interval), and the running counts
+    ``grad_health/exploding_steps``, ``grad_health/nonfinite_steps``, ``grad_health/skipped_steps``,
+    ``grad_health/scaler_skipped_steps``. With several optimizers every key ends in ``/opt<i>`` (``i``: the
+    optimizer's index in ``trainer.optimizers``), e.g. ``grad_health/total_norm/opt1``.
 
     Args:
         action: what to do on an exploding or non-finite step: ``"warn"``, ``"skip"`` or ``"stop"``.
@@ -191,35 +207,57 @@ class GradientHealth(Callback):
         self._every_n = 0
         self._trainer: pl.Trainer | None = None
         self._layouts = GradLayoutCache()
-        # checked steps not diagnosed yet ("warn"): per-tensor gradient norms, one row per step, all of `_layout`
-        self._rows: Tensor | None = None
-        self._pending = 0
-        self._layout: GradLayout | None = None
-        # training state (see state_dict)
-        self._norms: Tensor = torch.full((history,), float("nan"))  # ring buffer of recent finite total norms
-        self._recorded = 0  # norms written to the ring buffer so far
-        self._checks = 0  # checked steps in the current logging interval
-        self._interval: dict[str, Tensor] = {}  # device accumulators of the interval
-        self._layers: list[str] = []  # layer names of the vanishing counts
-        self._counts = {"exploding_steps": 0, "nonfinite_steps": 0, "skipped_steps": 0}
+        self._scaled = False  # a GradScaler handles non-finite gradients (16-mixed)
+        self._steps = OptimizerSteps()
+        self._opts: list[_OptimizerHealth] = []  # training state, one per optimizer (see state_dict)
+
+    def _state(self, index: int) -> _OptimizerHealth:
+        while len(self._opts) <= index:
+            self._opts.append(_OptimizerHealth(torch.full((self.history,), float("nan"))))
+        return self._opts[index]
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded(
+            self,
+            trainer,
+            "each rank holds only a shard of the gradients, so the norms and the decisions would differ per rank",
+            "Use a DDP strategy, or leave GradientHealth out.",
+        )
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
         self._trainer = trainer  # for diagnosing buffered steps in `state_dict`, which gets no trainer
+        self._scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
+            self._opts = []
+            self._steps.reset()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._steps.attach(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer, self._rows, self._layout, self._pending = None, None, None, 0
+        self._trainer = None
+        for state in self._opts:
+            state.rows, state.layout, state.pending = None, None, 0
+        self._steps.detach()
         self._layouts.clear()  # drop the references to the parameters
 
-    def _accumulate(self, diag: GradientDiagnosis, layers: list[str]) -> None:
+    def _masked(self, diag: GradientDiagnosis) -> tuple[Tensor, Tensor, Tensor]:
+        """``(exploding, nonfinite, scaler_skipped)`` flags. Under a GradScaler non-finite gradients are the scaler's
+        routine overflow (it skips that step and lowers its scale): not exploding, not non-finite."""
+        if not self._scaled:
+            return diag.exploding, diag.nonfinite, torch.zeros_like(diag.nonfinite)
+        return diag.exploding & ~diag.nonfinite, torch.zeros_like(diag.nonfinite), diag.nonfinite
+
+    def _accumulate(self, state: _OptimizerHealth, diag: GradientDiagnosis, layers: list[str]) -> None:
         """Fold a diagnosis (of one or several steps) into the interval's device accumulators, in place."""
-        if layers != self._layers:  # first check, or another optimizer's layers: start fresh vanishing counts
-            self._layers = layers
-            self._interval.pop("vanishing", None)
-        acc, device = self._interval, diag.total_norm.device
-        counts = {"exploding": diag.exploding.sum(), "nonfinite": diag.nonfinite.sum()}  # int64
+        if layers != state.layers:  # first check, or other layers (frozen / unfrozen): start fresh vanishing counts
+            state.layers = layers
+            state.interval.pop("vanishing", None)
+        acc, device = state.interval, diag.total_norm.device
+        exploding, nonfinite, scaler_skipped = self._masked(diag)
+        counts = {"exploding": exploding.sum(), "nonfinite": nonfinite.sum(), "scaler_skipped": scaler_skipped.sum()}
         counts["vanishing"] = diag.vanishing.reshape(-1, len(layers)).sum(dim=0)
         for key, count in counts.items():
             acc[key] = count if key not in acc else acc[key].to(device).add_(count)  # `.to`: after a CPU restore
@@ -227,93 +265,102 @@ class GradientHealth(Callback):
         acc["median_norm"] = diag.median_norm.reshape(-1)[-1]
         acc["min_layer_ratio"] = diag.min_layer_ratio.reshape(-1)[-1]
 
-    def _record(self, diag: GradientDiagnosis) -> None:
+    def _record(self, state: _OptimizerHealth, diag: GradientDiagnosis) -> None:
         """Write the diagnosed steps' total norms (NaN when non-finite, so nanmedian ignores them) to the ring."""
-        values = torch.where(diag.nonfinite, torch.nan, diag.total_norm).reshape(-1)
-        norms = self._norms.to(values.device)
+        values = torch.where(diag.nonfinite, torch.nan, diag.total_norm).reshape(-1).float()
+        norms = state.norms.to(values.device)
         if values.numel() == 1:
-            norms[self._recorded % self.history] = values[0]  # host-int index: no sync
+            norms[state.recorded % self.history] = values[0]  # host-int index: no sync
         else:  # oldest-first, append, keep the last `history`, back to ring order (slot = count % history)
-            chronological = torch.cat([norms.roll(-(self._recorded % self.history)), values])[-self.history :]
-            norms = chronological.roll((self._recorded + values.numel()) % self.history)
-        self._norms = norms
-        self._recorded += values.numel()
+            chronological = torch.cat([norms.roll(-(state.recorded % self.history)), values])[-self.history :]
+            norms = chronological.roll((state.recorded + values.numel()) % self.history)
+        state.norms = norms
+        state.recorded += values.numel()
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        step = logging_step(trainer)
-        if step % self.check_every_n_steps == 0:
-            self._check(trainer, pl_module, optimizer)
-        if is_logging_step(trainer, self._every_n, step):
+        index = self._steps.index(optimizer)
+        if self._steps.count(index) % self.check_every_n_steps == 0:  # this optimizer's own steps (rule 7)
+            self._check(trainer, pl_module, optimizer, index)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if is_logging_step(trainer, self._every_n):
             self._flush(trainer)
 
-    def _diagnose(self, trainer: pl.Trainer | None, layer_norms: Tensor) -> GradientDiagnosis:
-        """Diagnose from per-layer gradient norms (a seam for tests and subclasses).
+    def _diagnose(self, state: _OptimizerHealth, layer_norms: Tensor) -> GradientDiagnosis:
+        """Diagnose from per-layer gradient norms against ``state``'s history (a seam for tests and subclasses).
 
         ``layer_norms`` is ``(L,)`` for the current step (``"skip"`` / ``"stop"``) or ``(n, L)`` for the ``n``
-        buffered steps of ``"warn"``, diagnosed later (``trainer`` is then the one of the run, or ``None``).
+        buffered steps of ``"warn"``.
         """
-        history = self._norms.to(layer_norms.device)
+        history = state.norms.to(layer_norms.device)
         if layer_norms.dim() == 2 and layer_norms.shape[0] > 1:
-            history = history.roll(-(self._recorded % self.history))  # oldest first
+            history = history.roll(-(state.recorded % self.history))  # oldest first
         return diagnose_gradients(
             layer_norms, history, self.explode_factor, self.vanish_ratio, self.vanish_floor, self.min_history
         )
 
-    def _defer(self, layout: GradLayout, norms: list[Tensor]) -> None:
+    def _defer(self, state: _OptimizerHealth, layout: GradLayout, norms: list[Tensor]) -> None:
         """Stack one step's per-tensor gradient norms into the next buffer row (one kernel, no sync)."""
-        rows = self._rows
-        if layout is not self._layout or rows is None or self._pending == rows.shape[0]:
-            self._process()  # rows of another layout, or a full buffer: diagnose them first
-            self._layout = layout
+        rows = state.rows
+        if layout is not state.layout or rows is None or state.pending == rows.shape[0]:
+            self._process(state)  # rows of another layout, or a full buffer: diagnose them first
+            state.layout = layout
             device = norms[0].device
             if rows is None or rows.shape[1] != len(norms) or rows.device != device:
-                rows = self._rows = torch.empty(_BUFFER_STEPS, len(norms), dtype=torch.float32, device=device)
-        row = rows[self._pending]
+                rows = state.rows = torch.empty(_BUFFER_STEPS, len(norms), dtype=torch.float32, device=device)
+        row = rows[state.pending]
         if layout.float32:
             torch.stack(norms, out=row)
         else:
             row.copy_(torch.stack(norms))  # same values as converting each norm to float32
-        self._pending += 1
+        state.pending += 1
 
-    def _process(self) -> None:
+    def _process(self, state: _OptimizerHealth) -> None:
         """Diagnose the buffered steps as one batch and fold them into the history and the accumulators."""
-        if self._pending == 0 or self._rows is None or self._layout is None:
+        if state.pending == 0 or state.rows is None or state.layout is None:
             return
-        rows, n = self._rows, self._pending
-        self._pending = 0
-        diag = self._diagnose(self._trainer, self._layout.layer_norms(rows[:n]))
-        self._record(diag)
-        self._accumulate(diag, self._layout.layers)
+        rows, n = state.rows, state.pending
+        state.pending = 0
+        diag = self._diagnose(state, state.layout.layer_norms(rows[:n]))
+        self._record(state, diag)
+        self._accumulate(state, diag, state.layout.layers)
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+    def _check(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer, index: int
+    ) -> None:
         layout = self._layouts.get(pl_module, optimizer)
-        if layout is None:  # no parameter of this optimizer has a gradient
+        if layout is None:  # no parameter of this optimizer has a gradient: not a step (a skipped batch)
             return
+        state = self._state(index)
         with torch.no_grad():
-            norms = torch._foreach_norm(layout.grads())
-        self._checks += 1
+            # float32 norms of low-precision gradients: a 16-true gradient norm above 65504 must not read as inf
+            norms = torch._foreach_norm(layout.grads(), dtype=torch.float32 if layout.half else None)
+        state.checks += 1
         if self.action == "warn":
-            self._defer(layout, norms)
+            self._defer(state, layout, norms)
             return
-        self._process()  # (nothing is buffered outside "warn")
-        diag = self._diagnose(trainer, layout.layer_norms(torch.stack(norms).float()))
-        self._record(diag)
-        self._accumulate(diag, layout.layers)
+        diag = self._diagnose(state, layout.layer_norms(torch.stack(norms).float()))
+        self._record(state, diag)
+        self._accumulate(state, diag, layout.layers)
+        exploding, nonfinite, _ = self._masked(diag)
         # deliberate host sync (one per checked step): skip/stop need a Python branch on the fused flag
-        bad = bool(diag.exploding | diag.nonfinite)
+        bad = bool(exploding | nonfinite)
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):  # any rank bad -> every rank acts
             return
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None  # torch optimizers skip params without grad: weights and state stay bitwise equal
-        self._counts["skipped_steps"] += 1
+        state.counts["skipped_steps"] += 1
         # the message reads a few values on bad steps only (rare, extra syncs accepted)
-        what = "exploding or non-finite" if not bad else ("non-finite" if bool(diag.nonfinite) else "exploding")
+        what = "exploding or non-finite" if not bad else ("non-finite" if bool(nonfinite) else "exploding")
         message = (
-            f"GradientHealth: {what} gradients at step {trainer.global_step} (total norm "
+            f"GradientHealth: {what} gradients at step {self._steps.count(index)} of optimizer {index} (total norm "
             f"{float(diag.total_norm):.4g}, running median {float(diag.median_norm):.4g}); the update was skipped"
         )
         if self.action == "stop":
@@ -323,36 +370,50 @@ class GradientHealth(Callback):
             rank_zero_warn(f"{message}. {_REMEDIES}.")
 
     def _flush(self, trainer: pl.Trainer) -> None:
-        """Copy the interval's device accumulators to the host (ONE transfer), log them and warn."""
-        self._process()
-        if self._checks == 0:
+        """Copy every optimizer's interval accumulators to the host (ONE transfer), log them and warn."""
+        names = ["total_norm", "median_norm", "min_layer_ratio", "exploding", "nonfinite", "scaler_skipped"]
+        for state in self._opts:
+            self._process(state)
+        active = [(i, state) for i, state in enumerate(self._opts) if state.checks > 0]
+        if not active:
             return
-        acc, checks = self._interval, self._checks
-        names = ["total_norm", "median_norm", "min_layer_ratio", "exploding", "nonfinite"]
-        values = to_host([acc[n] for n in names] + [acc["vanishing"]])  # the one sync of this logging interval
-        total, median, min_ratio, exploding, nonfinite = values[:5]
-        vanishing = {layer: int(c) for layer, c in zip(self._layers, values[5:], strict=True) if c > 0}
-        self._interval, self._checks = {}, 0
-        self._counts["exploding_steps"] += int(exploding)
-        self._counts["nonfinite_steps"] += int(nonfinite)
-        metrics = {"grad_health/total_norm": total, "grad_health/median_norm": median}
-        metrics["grad_health/min_layer_ratio"] = min_ratio
-        metrics["grad_health/vanishing_layers"] = float(len(vanishing))
-        metrics.update({f"grad_health/{k}": float(v) for k, v in self._counts.items()})
+        # the one sync of this logging interval
+        values = to_host([t for _, state in active for t in [*(state.interval[n] for n in names), state.vanishing]])
+        metrics: dict[str, float] = {}
+        for i, state in active:
+            row, values = values[: len(names) + len(state.layers)], values[len(names) + len(state.layers) :]
+            metrics.update(self._report(i, state, dict(zip(names, row, strict=False)), row[len(names) :]))
         log_metrics(trainer, metrics)
+
+    def _report(
+        self, index: int, state: _OptimizerHealth, acc: dict[str, float], vanishing_counts: list[float]
+    ) -> dict[str, float]:
+        """One optimizer's logged values for an interval (and its warnings); resets its interval."""
+        checks, total, median = state.checks, acc["total_norm"], acc["median_norm"]
+        exploding, nonfinite = int(acc["exploding"]), int(acc["nonfinite"])
+        vanishing = {layer: int(c) for layer, c in zip(state.layers, vanishing_counts, strict=True) if c > 0}
+        state.interval, state.checks = {}, 0
+        state.counts["exploding_steps"] += exploding
+        state.counts["nonfinite_steps"] += nonfinite
+        state.counts["scaler_skipped_steps"] += int(acc["scaler_skipped"])
+        values = {"total_norm": total, "median_norm": median, "min_layer_ratio": acc["min_layer_ratio"]}
+        values["vanishing_layers"] = float(len(vanishing))
+        values.update({k: float(v) for k, v in state.counts.items()})
+        where = "" if len(self._opts) <= 1 else f" (optimizer {index})"
         if self.action == "warn" and (exploding or nonfinite):
             rank_zero_warn(
-                f"GradientHealth: exploding gradients on {int(exploding)} and non-finite gradients on "
-                f"{int(nonfinite)} of the last {checks} checked steps (last total norm {total:.4g}, running median "
+                f"GradientHealth{where}: exploding gradients on {exploding} and non-finite gradients on "
+                f"{nonfinite} of the last {checks} checked steps (last total norm {total:.4g}, running median "
                 f"{median:.4g}, threshold {self.explode_factor:g} x median). {_REMEDIES}."
             )
         if vanishing:
             listed = ", ".join(f"{layer} ({c}/{checks} steps)" for layer, c in vanishing.items())
             rank_zero_warn(
-                f"GradientHealth: vanishing gradients in {len(vanishing)} layer(s): {listed}; their gradient norm is "
-                f"below {self.vanish_ratio:g} x the largest layer's or below {self.vanish_floor:g}. {_REMEDIES}; "
-                "ReLU-family activations instead of sigmoid / tanh, and residual connections also help."
+                f"GradientHealth{where}: vanishing gradients in {len(vanishing)} layer(s): {listed}; their gradient "
+                f"norm is below {self.vanish_ratio:g} x the largest layer's or below {self.vanish_floor:g}. "
+                f"{_REMEDIES}; ReLU-family activations instead of sigmoid / tanh, and residual connections also help."
             )
+        return {optimizer_key(f"grad_health/{k}", index, len(self._opts)): v for k, v in values.items()}
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -361,24 +422,59 @@ class GradientHealth(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         # called when checkpointing: moving the device tensors to the host here is a (rare) deliberate sync
-        self._process()  # diagnose the buffered steps now: the checkpoint holds their outcome, not the buffer
-        return {
-            "norms": self._norms.detach().cpu(),
-            "recorded": self._recorded,
-            "checks": self._checks,
-            "interval": {k: v.detach().cpu() for k, v in self._interval.items()},
-            "layers": list(self._layers),
-            "counts": dict(self._counts),
-        }
+        for state in self._opts:
+            self._process(state)  # diagnose the buffered steps now: the checkpoint holds their outcome
+        return {"optimizers": [state.to_dict() for state in self._opts], **self._steps.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        norms = state_dict.get("norms")
-        if norms is not None and len(norms) == self.history:  # a different `history` starts a fresh buffer
-            self._norms = torch.as_tensor(norms, dtype=torch.float32).clone()
-            self._recorded = int(state_dict.get("recorded", 0))
-        self._checks = int(state_dict.get("checks", 0))
-        self._pending = 0  # buffered steps belong to the state being replaced
-        self._interval = {k: torch.as_tensor(v).clone() for k, v in state_dict.get("interval", {}).items()}
-        self._layers = list(state_dict.get("layers", []))
-        self._counts.update(state_dict.get("counts", {}))
+        saved = state_dict.get("optimizers")
+        if saved is None and "norms" in state_dict:  # a checkpoint from before per-optimizer state: optimizer 0
+            saved = [state_dict]
+        self._opts = []
+        for i, entry in enumerate(saved or []):
+            self._state(i).load(entry, self.history)
+        self._steps.load_state_dict(state_dict)
+
+
+@dataclass
+class _OptimizerHealth:
+    """The training state of :class:`GradientHealth` for one optimizer (design rule 7: never mixed across them)."""
+
+    norms: Tensor  # ring buffer of recent finite total norms (NaN: empty / non-finite)
+    recorded: int = 0  # norms written to the ring buffer so far
+    checks: int = 0  # checked steps in the current logging interval
+    interval: dict[str, Tensor] = field(default_factory=dict)  # device accumulators of the interval
+    layers: list[str] = field(default_factory=list)  # layer names of the vanishing counts
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))  # running counts
+    # "warn": checked steps not diagnosed yet (per-tensor gradient norms, one row per step, all of `layout`)
+    rows: Tensor | None = None
+    pending: int = 0
+    layout: GradLayout | None = None
+
+    @property
+    def vanishing(self) -> Tensor:
+        """Per-layer vanishing counts of the interval."""
+        return self.interval["vanishing"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (device tensors copied to the host)."""
+        return {
+            "norms": self.norms.detach().cpu(),
+            "recorded": self.recorded,
+            "checks": self.checks,
+            "interval": {k: v.detach().cpu() for k, v in self.interval.items()},
+            "layers": list(self.layers),
+            "counts": dict(self.counts),
+        }
+
+    def load(self, entry: dict[str, Any], history: int) -> None:
+        """Restore :meth:`to_dict` (a different ``history`` starts a fresh ring buffer)."""
+        norms = entry.get("norms")
+        if norms is not None and len(norms) == history:
+            self.norms = torch.as_tensor(norms, dtype=torch.float32).clone()
+            self.recorded = int(entry.get("recorded", 0))
+        self.checks = int(entry.get("checks", 0))
+        self.interval = {k: torch.as_tensor(v).clone() for k, v in entry.get("interval", {}).items()}
+        self.layers = list(entry.get("layers", []))
+        self.counts.update(entry.get("counts", {}))

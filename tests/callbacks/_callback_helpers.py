@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
 CallbackT = TypeVar("CallbackT", bound=Callback)
@@ -204,3 +205,113 @@ def count_host_reads_in_hooks(
 
         setattr(callback, hook_name, wrapped)
     return state
+
+
+# ------------------------------------------------------------------------------- third-party-style modules (rule 7)
+
+PRECISIONS = ["32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+"""Every precision Lightning offers that runs on the CPU (``16-mixed`` uses ``torch.amp.GradScaler("cpu")``)."""
+
+
+class TinyGAN(LightningModule):
+    """A small GAN as users write it: manual optimization, two optimizers (generator first, discriminator second).
+
+    The discriminator's loss is multiplied by ``d_scale``, so its gradients are steadily about ``d_scale`` times
+    larger than the generator's. ``d_steps`` discriminator steps per batch (a WGAN critic takes several). The noise
+    comes from a generator seeded by the batch index, so runs are exactly repeatable. ``skip_batches``: batch
+    indices on which ``training_step`` returns without stepping.
+    """
+
+    def __init__(self, d_scale: float = 16.0, d_steps: int = 1, lr: float = 0.05, skip_batches: Sequence[int] = ()):
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = torch.nn.Linear(8, 32)
+        self.discriminator = torch.nn.Linear(32, 1)
+        self.d_scale, self.d_steps, self.lr, self.skip_batches = d_scale, d_steps, lr, tuple(skip_batches)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        if batch_idx in self.skip_batches:
+            return None
+        g_opt, d_opt = self.optimizers()  # type: ignore[misc]
+        noise = torch.randn(batch.shape[0], 8, generator=torch.Generator().manual_seed(batch_idx)).to(batch)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        for _ in range(self.d_steps):
+            fake = self.generator(noise).detach()
+            real_logits, fake_logits = self.discriminator(batch), self.discriminator(fake)
+            d_loss = bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+            d_opt.zero_grad()
+            self.manual_backward(self.d_scale * d_loss)
+            d_opt.step()
+        fake_logits = self.discriminator(self.generator(noise))
+        g_opt.zero_grad()
+        self.manual_backward(bce(fake_logits, torch.ones_like(fake_logits)))
+        g_opt.step()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            torch.optim.SGD(self.generator.parameters(), lr=self.lr),
+            torch.optim.SGD(self.discriminator.parameters(), lr=self.lr),
+        ]
+
+    def train_dataloader(self) -> DataLoader:
+        return fixed_loader(seed=3)
+
+
+class SkippingBoringModel(BoringModel):
+    """Lightning's ``BoringModel`` (automatic optimization) on fixed data whose ``training_step`` returns ``None`` on
+    the batch indices ``skip_batches`` (Lightning then calls ``optimizer.step()`` with no gradient)."""
+
+    def __init__(self, skip_batches: Sequence[int] = (), lr: float = 0.1) -> None:
+        super().__init__()
+        self.skip_batches, self.lr = tuple(skip_batches), lr
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return None if batch_idx in self.skip_batches else super().training_step(batch, batch_idx)
+
+    def train_dataloader(self) -> DataLoader:
+        return fixed_loader(seed=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return fixed_loader(16, seed=2)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class StepRecorder(Callback):
+    """Records, per optimizer (by position in ``trainer.optimizers``), the parameters right after each real step
+    (one with gradients) through ``register_step_post_hook``: the ground truth the callbacks are checked against."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[list[torch.Tensor]]] = {}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for i, opt in enumerate(trainer.optimizers):
+
+            def hook(o: torch.optim.Optimizer, *_: Any, _i: int = i) -> None:
+                params = [p for g in o.param_groups for p in g["params"]]
+                if any(p.grad is not None for p in params):
+                    self.steps.setdefault(_i, []).append([p.detach().clone() for p in params])
+
+            opt.register_step_post_hook(hook)
+
+
+def precision_options(precision: str) -> dict[str, Any]:
+    """Trainer options for ``precision`` on the CPU. ``Trainer(precision="16-mixed")`` turns into ``bf16-mixed`` there,
+    so ``16-mixed`` gets Lightning's ``MixedPrecision`` plugin with its ``torch.amp.GradScaler("cpu")``."""
+    if precision == "16-mixed":
+        return {"plugins": [MixedPrecision("16-mixed", "cpu")]}
+    return {"precision": precision}
+
+
+def csv_fit(
+    root: str | Path, callbacks: Callback | list[Callback], model: LightningModule, **kwargs: Any
+) -> tuple[Trainer, list[dict[str, str]]]:
+    """Fit ``model`` for one epoch with a ``CSVLogger`` logging every step; returns the trainer and the
+    ``metrics.csv`` rows. ``kwargs`` add Trainer options (e.g. :func:`precision_options`)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    options = {**TRAIN_ONLY_ON_CPU, "log_every_n_steps": 1, **kwargs}
+    trainer = tiny_trainer(root, callbacks, logger=CSVLogger(root, name="", version=""), **options)
+    trainer.fit(model)
+    return trainer, metrics_rows(root)

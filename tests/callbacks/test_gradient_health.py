@@ -6,20 +6,28 @@ import copy
 import math
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from _callback_helpers import (
+    PRECISIONS,
+    SkippingBoringModel,
+    StepRecorder,
+    TinyGAN,
     callback_from_cli,
     count_host_reads_in_hooks,
+    csv_fit,
     fixed_loader,
     metrics_rows,
+    precision_options,
     read_rank_json,
     tiny_trainer,
     write_rank_json,
 )
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningModule, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -190,8 +198,8 @@ def test_huge_learning_rate_flagged_as_exploding(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, [cb], max_epochs=3)
     with pytest.warns(UserWarning, match="exploding gradients on [1-9]"):
         trainer.fit(model)
-    assert cb._counts["exploding_steps"] > 0
-    assert cb._counts["skipped_steps"] == 0  # warn only
+    assert cb._opts[0].counts["exploding_steps"] > 0
+    assert cb._opts[0].counts["skipped_steps"] == 0  # warn only
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
@@ -212,7 +220,7 @@ def test_skip_leaves_weights_and_optimizer_state_bitwise_unchanged(
     assert snaps[bad_step][1]["state"][0]["step"] == bad_step  # Adam's step count did not advance
     assert not _bitwise_equal(snaps[bad_step + 1][0], snaps[bad_step][0])  # training goes on
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert cb._counts["skipped_steps"] == 1
+    assert cb._opts[0].counts["skipped_steps"] == 1
 
 
 def test_warn_mode_does_not_protect_weights(tmp_path: Path) -> None:
@@ -275,10 +283,14 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     mid = next((tmp_path / "a" / "ckpt").glob("epoch=0-*.ckpt"))
     with pytest.warns(UserWarning, match="skipped"):
         resumed_model, resumed_cb = _run(tmp_path / "b", str(mid), 3)
-    assert full_cb._counts == resumed_cb._counts == {"exploding_steps": 1, "nonfinite_steps": 1, "skipped_steps": 2}
+    assert (
+        full_cb._opts[0].counts
+        == resumed_cb._opts[0].counts
+        == {"exploding_steps": 1, "nonfinite_steps": 1, "skipped_steps": 2, "scaler_skipped_steps": 0}
+    )
     assert all(torch.equal(a, b) for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True))
-    assert torch.equal(full_cb._norms.isnan(), resumed_cb._norms.isnan())
-    assert torch.equal(full_cb._norms.nan_to_num(), resumed_cb._norms.nan_to_num())
+    assert torch.equal(full_cb._opts[0].norms.isnan(), resumed_cb._opts[0].norms.isnan())
+    assert torch.equal(full_cb._opts[0].norms.nan_to_num(), resumed_cb._opts[0].norms.nan_to_num())
 
 
 def test_warn_resume_mid_interval_equals_uninterrupted(tmp_path: Path) -> None:
@@ -295,18 +307,19 @@ def test_warn_resume_mid_interval_equals_uninterrupted(tmp_path: Path) -> None:
 
     full = run(tmp_path / "a", None)
     resumed = run(tmp_path / "b", str(next((tmp_path / "a" / "ckpt").glob("epoch=0-*.ckpt"))))
-    assert full._counts == resumed._counts
-    assert full._counts["exploding_steps"] == 3 and full._counts["nonfinite_steps"] == 0
-    assert full._recorded == resumed._recorded == 12
-    assert torch.equal(full._norms.nan_to_num(), resumed._norms.nan_to_num())
+    assert full._opts[0].counts == resumed._opts[0].counts
+    assert full._opts[0].counts["exploding_steps"] == 3 and full._opts[0].counts["nonfinite_steps"] == 0
+    assert full._opts[0].recorded == resumed._opts[0].recorded == 12
+    assert torch.equal(full._opts[0].norms.nan_to_num(), resumed._opts[0].norms.nan_to_num())
 
 
 class FlagOnRankOne(GradientHealth):
     """Rank 1 alone reports an exploding step at step 2 (a per-rank differing decision input)."""
 
-    def _diagnose(self, trainer: Trainer, layer_norms: torch.Tensor) -> GradientDiagnosis:
-        diag = super()._diagnose(trainer, layer_norms)
-        if trainer.global_rank == 1 and trainer.global_step == 2:
+    def _diagnose(self, state: Any, layer_norms: torch.Tensor) -> GradientDiagnosis:
+        diag = super()._diagnose(state, layer_norms)
+        trainer = self._trainer
+        if trainer is not None and trainer.global_rank == 1 and trainer.global_step == 2:
             diag.exploding = torch.ones((), dtype=torch.bool)
         return diag
 
@@ -319,7 +332,7 @@ class DDPRecorder(Planted):
     def on_train_end(self) -> None:
         cb = next(c for c in self.trainer.callbacks if isinstance(c, GradientHealth))
         weights = [[p.tolist() for p in snap[0]] for snap in self.snapshots]
-        record = {"weights": weights, "skipped": cb._counts["skipped_steps"]}
+        record = {"weights": weights, "skipped": cb._opts[0].counts["skipped_steps"]}
         write_rank_json(self.out, self.global_rank, record)
 
 
@@ -374,7 +387,69 @@ def test_lightning_cli_builds_it(tmp_path: Path) -> None:
 def test_warn_mode_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Count host reads of tensors made inside the callback's hook (a CPU stand-in for CUDA sync debug mode)."""
     cb = GradientHealth(action="warn", log_every_n_steps=4)
-    state = count_host_reads_in_hooks(monkeypatch, cb, ("on_before_optimizer_step",))
+    state = count_host_reads_in_hooks(monkeypatch, cb, ("on_before_optimizer_step", "on_train_batch_end"))
     seed_everything(0)
     _trainer(tmp_path, [cb]).fit(Planted())
     assert state["reads"] == 2  # 8 steps, logging at steps 4 and 8: one transfer each
+
+
+# ------------------------------------------------------------------ rule 7: per-optimizer state; precision; reuse
+
+
+def test_gan_histories_are_per_optimizer(tmp_path: Path) -> None:
+    """The discriminator's gradients are ~16x the generator's: judged against one mixed history they look exploding
+    (the old single history skipped the discriminator's updates); per optimizer nothing is flagged."""
+    cb = GradientHealth(action="skip", min_history=3)
+    recorder = StepRecorder()
+    _, rows = csv_fit(tmp_path, [cb, recorder], TinyGAN(d_scale=16.0))
+    assert [state.counts["skipped_steps"] for state in cb._opts] == [0, 0]
+    assert [state.counts["exploding_steps"] for state in cb._opts] == [0, 0]
+    assert [len(recorder.steps[i]) for i in (0, 1)] == [8, 8]  # every update of both optimizers happened
+    assert [state.recorded for state in cb._opts] == [8, 8]
+    g = [float(r["grad_health/total_norm/opt0"]) for r in rows if r.get("grad_health/total_norm/opt0")]
+    d = [float(r["grad_health/total_norm/opt1"]) for r in rows if r.get("grad_health/total_norm/opt1")]
+    assert len(g) == len(d) == 8 and min(d) > 5 * max(g)  # two series, one per optimizer, logged every batch
+    assert not any(r.get("grad_health/total_norm") for r in rows)  # no key mixing the two
+
+
+def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
+    cb = GradientHealth(action="warn", check_every_n_steps=2)
+    csv_fit(tmp_path / "skip", cb, SkippingBoringModel(skip_batches=[0, 3]))
+    assert cb._steps.counts == [6] and cb._opts[0].recorded == 3  # steps 0, 2, 4 of the 6 real steps are checked
+    csv_fit(tmp_path / "acc", cb, SkippingBoringModel(), accumulate_grad_batches=4)
+    assert cb._steps.counts == [2] and cb._opts[0].recorded == 1  # reused: fresh state; 8 batches = 2 steps
+
+
+class Overflowing(SkippingBoringModel):
+    """Its loss x 30 overflows fp16 at a GradScaler's initial scale 2**16: the scaler skips the first steps."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        return {"loss": out["loss"] * 30}
+
+
+def test_scaler_overflow_is_not_a_nonfinite_gradient(tmp_path: Path) -> None:
+    cb = GradientHealth(action="stop")
+    trainer, rows = csv_fit(tmp_path, cb, Overflowing(), **precision_options("16-mixed"))
+    counts = cb._opts[0].counts
+    assert trainer.global_step == 8 and not trainer.should_stop  # the old code stopped at step 1
+    assert counts["scaler_skipped_steps"] > 0 and counts["nonfinite_steps"] == counts["skipped_steps"] == 0
+    assert cb._steps.counts == [8 - counts["scaler_skipped_steps"]]  # the scaler's skips are not steps
+    assert float(rows[-1]["grad_health/scaler_skipped_steps"]) == counts["scaler_skipped_steps"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision(tmp_path: Path, precision: str) -> None:
+    cb = GradientHealth(action="skip", min_history=2)
+    trainer, rows = csv_fit(tmp_path, cb, SkippingBoringModel(), **precision_options(precision))
+    norms = [float(r["grad_health/total_norm"]) for r in rows if r.get("grad_health/total_norm")]
+    overflows = cb._opts[0].counts["scaler_skipped_steps"]  # 16-mixed: the GradScaler's routine first overflow(s)
+    assert len(norms) == 8 and sum(0 < n < math.inf for n in norms) == 8 - overflows
+    assert overflows == 0 or precision == "16-mixed"
+    assert cb._opts[0].counts["skipped_steps"] == 0 and trainer.global_step == 8
+
+
+def test_refuses_sharded_strategies() -> None:
+    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
+    with pytest.raises(MisconfigurationException, match="GradientHealth does not support the FSDPStrategy"):
+        GradientHealth().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
