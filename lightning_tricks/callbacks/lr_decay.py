@@ -16,9 +16,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._steps import OptimizerSteps
 
 DecayMode = Literal["exponential", "step", "cosine", "linear"]
 Interval = Literal["epoch", "step"]
@@ -78,13 +80,23 @@ class LRDecay(Callback):
 
     The classic rule is the default: ``lr <- lr * 0.98`` per epoch. At fit start the callback records each param
     group's initial learning rate (of every optimizer from ``configure_optimizers``; saved in checkpoints), and then
-    sets ``lr = scheduled_lr(mode, t, initial_lr, ...)`` with ``t`` the epoch (``interval="epoch"``) or the optimizer
-    step ``trainer.global_step`` (``interval="step"``). Because the lr is a function of ``t`` alone, a resumed run gets
-    exactly the same learning rates. The user's ``configure_optimizers`` is untouched.
+    sets ``lr = scheduled_lr(mode, t, initial_lr, ...)`` with ``t`` the epoch (``interval="epoch"``) or, with
+    ``interval="step"``, the number of steps *that optimizer* has made so far in the fit. Because the lr is a
+    function of ``t`` alone, a resumed run gets exactly the same learning rates (the step counts are saved). The
+    user's ``configure_optimizers`` is untouched. A new ``fit`` without a checkpoint starts afresh: the initial
+    learning rates are read again from the new optimizers.
 
-    Runs in ``on_train_epoch_start`` (epoch interval) and ``on_train_batch_start`` (both intervals, so a run resumed
-    mid-epoch is right too). Cost: a few Python float writes per batch, no device work (a tensor ``lr`` is updated
-    with ``fill_``, no sync).
+    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    optimizer. Each optimizer follows its own schedule on its own step count: a GAN whose generator and
+    discriminator step once per batch has both reach ``min_lr`` at the end of the run, not halfway. Accumulation
+    micro-batches, skipped batches (``training_step`` returning ``None``) and steps a ``GradScaler`` skipped do not
+    advance the schedule.
+
+    Runs in ``on_train_epoch_start`` (epoch interval), ``on_train_batch_start`` (both intervals, so a run resumed
+    mid-epoch is right too) and, with ``interval="step"``, right after each optimizer step (for the next one; an
+    optimizer stepped several times per batch gets a new lr for each). Cost: a few Python float writes per step, no
+    device work (a tensor ``lr`` is updated with ``fill_``, no sync). Works under every precision and strategy
+    (FSDP / DeepSpeed included: it only writes learning rates).
 
     A learning-rate scheduler returned by ``configure_optimizers`` would fight with this callback: that raises an
     error at ``on_fit_start`` (the first hook where the optimizers exist). Use one or the other.
@@ -108,7 +120,10 @@ class LRDecay(Callback):
         min_lr: the floor (``"exponential"``, ``"step"``) or the end value (``"cosine"``, ``"linear"``).
         step_size: ``"step"`` mode: intervals between two decays.
         total: ``"cosine"`` / ``"linear"``: length of the schedule in intervals, warmup included. Default:
-            ``trainer.max_epochs`` (epoch interval) or ``trainer.estimated_stepping_batches`` (step interval).
+            ``trainer.max_epochs`` (epoch interval) or ``trainer.estimated_stepping_batches`` (step interval: the
+            number of batches in which the optimizers step, i.e. the steps of an optimizer that steps once per such
+            batch). Pass it for an optimizer stepped more often (a WGAN critic): a warning says when an optimizer
+            runs past ``total``.
 
     Raises:
         ValueError: if an option is out of range, or at fit start if ``total`` is needed and cannot be inferred.
@@ -155,8 +170,25 @@ class LRDecay(Callback):
         self.step_size = step_size
         self.total = total
         self._total = 1  # resolved at fit start
-        # Training state (saved in checkpoints): initial lr of every param group of every optimizer.
+        # Training state (saved in checkpoints): initial lr of every param group of every optimizer, and the steps
+        # each optimizer made (rule 7).
         self.initial_lrs: list[list[float]] | None = None
+        self._steps = OptimizerSteps(on_step=self._after_step)
+        self._trainer: pl.Trainer | None = None
+        self._legacy_steps = False  # a checkpoint without step counts: derived from global_step at fit start
+        self._warned_past_total = False
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
+            self.initial_lrs = None
+            self._steps.reset()
+            self._legacy_steps = self._warned_past_total = False
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._steps.detach()
+        self._trainer = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -177,6 +209,11 @@ class LRDecay(Callback):
             # float() of a tensor lr is a host sync, once per fit.
             self.initial_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
         self._total = self._resolve_total(trainer)
+        self._trainer = trainer
+        self._steps.attach(trainer)
+        if self._legacy_steps:  # older checkpoints: global_step counts all optimizers' steps together
+            self._steps.counts = [trainer.global_step // max(len(trainer.optimizers), 1)] * len(trainer.optimizers)
+            self._legacy_steps = False
 
     def _resolve_total(self, trainer: pl.Trainer) -> int:
         if self.total is not None:
@@ -194,30 +231,49 @@ class LRDecay(Callback):
             )
         return int(total)
 
-    def _t(self, trainer: pl.Trainer) -> int:
-        return trainer.current_epoch if self.interval == "epoch" else trainer.global_step
+    def _t(self, trainer: pl.Trainer, index: int) -> int:
+        return trainer.current_epoch if self.interval == "epoch" else self._steps.count(index)
+
+    def _set(self, optimizer: Optimizer, initial: list[float], t: int) -> list[float]:
+        """Write the scheduled lr of interval ``t`` into every param group of ``optimizer``; returns them."""
+        lrs = []
+        for group, lr0 in zip(optimizer.param_groups, initial, strict=True):
+            lr = scheduled_lr(
+                self.mode,
+                t,
+                lr0,
+                gamma=self.gamma,
+                step_size=self.step_size,
+                total=self._total,
+                warmup=self.warmup,
+                min_lr=self.min_lr,
+            )
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+            lrs.append(lr)
+        return lrs
 
     def _apply(self, trainer: pl.Trainer) -> list[list[float]]:
-        t, lrs = self._t(trainer), []
-        for opt, initial in zip(trainer.optimizers, self.initial_lrs or [], strict=True):
-            lrs.append([])
-            for group, lr0 in zip(opt.param_groups, initial, strict=True):
-                lr = scheduled_lr(
-                    self.mode,
-                    t,
-                    lr0,
-                    gamma=self.gamma,
-                    step_size=self.step_size,
-                    total=self._total,
-                    warmup=self.warmup,
-                    min_lr=self.min_lr,
-                )
-                if isinstance(group["lr"], Tensor):
-                    group["lr"].fill_(lr)
-                else:
-                    group["lr"] = lr
-                lrs[-1].append(lr)
-        return lrs
+        return [
+            self._set(opt, initial, self._t(trainer, i))
+            for i, (opt, initial) in enumerate(zip(trainer.optimizers, self.initial_lrs or [], strict=True))
+        ]
+
+    def _after_step(self, index: int, count: int) -> None:
+        """Step post-hook (``interval="step"``): set optimizer ``index``'s lr for its next step."""
+        trainer = self._trainer
+        if self.interval != "step" or trainer is None or self.initial_lrs is None:
+            return
+        self._set(trainer.optimizers[index], self.initial_lrs[index], count)
+        if count > self._total and self.mode in ("cosine", "linear") and not self._warned_past_total:
+            self._warned_past_total = True
+            rank_zero_warn(
+                f"`LRDecay(mode={self.mode!r}, interval='step')`: optimizer {index} made more steps ({count}) than the"
+                f" schedule's length total={self._total}, so its lr stays at min_lr={self.min_lr}. An optimizer stepped"
+                " several times per batch needs `total` given explicitly."
+            )
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -235,8 +291,10 @@ class LRDecay(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"initial_lrs": self.initial_lrs}
+        return {"initial_lrs": self.initial_lrs, **self._steps.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial_lrs = state_dict.get("initial_lrs", self.initial_lrs)
+        self._steps.load_state_dict(state_dict)
+        self._legacy_steps = "optimizer_steps" not in state_dict

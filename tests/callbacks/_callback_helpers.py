@@ -279,21 +279,31 @@ class SkippingBoringModel(BoringModel):
 
 
 class StepRecorder(Callback):
-    """Records, per optimizer (by position in ``trainer.optimizers``), the parameters right after each real step
-    (one with gradients) through ``register_step_post_hook``: the ground truth the callbacks are checked against."""
+    """Ground truth for rule 7, per optimizer (by position in ``trainer.optimizers``), from torch's own optimizer
+    hooks: ``lrs[i]`` the param groups' learning rates used by each real step (one with gradients) of optimizer ``i``
+    (a step pre-hook), ``steps[i]`` its parameters right after that step (a step post-hook)."""
 
     def __init__(self) -> None:
+        self.lrs: dict[int, list[list[float]]] = {}
         self.steps: dict[int, list[list[torch.Tensor]]] = {}
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for i, opt in enumerate(trainer.optimizers):
+            pending: list[list[float]] = []
 
-            def hook(o: torch.optim.Optimizer, *_: Any, _i: int = i) -> None:
+            # Under automatic optimization the closure (forward, backward) runs inside `step()`, after the pre-hook:
+            # the lrs are read before the step and kept only if the step had gradients.
+            def pre(o: torch.optim.Optimizer, *_: Any, _pending: list = pending) -> None:
+                _pending[:] = [[float(g["lr"]) for g in o.param_groups]]
+
+            def post(o: torch.optim.Optimizer, *_: Any, _i: int = i, _pending: list = pending) -> None:
                 params = [p for g in o.param_groups for p in g["params"]]
                 if any(p.grad is not None for p in params):
+                    self.lrs.setdefault(_i, []).append(_pending[0])
                     self.steps.setdefault(_i, []).append([p.detach().clone() for p in params])
 
-            opt.register_step_post_hook(hook)
+            opt.register_step_pre_hook(pre)
+            opt.register_step_post_hook(post)
 
 
 def precision_options(precision: str) -> dict[str, Any]:

@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from _callback_helpers import (
+    PRECISIONS,
     TRAIN_ONLY_ON_CPU,
+    SkippingBoringModel,
+    StepRecorder,
+    TinyGAN,
     callback_from_cli,
+    csv_fit,
     fixed_loader,
     metrics_rows,
+    precision_options,
     read_rank_json,
     tiny_trainer,
     write_rank_json,
@@ -198,3 +204,60 @@ def test_lightning_cli(tmp_path: Path) -> None:
     )
     assert (decay.mode, decay.interval, decay.warmup) == ("cosine", "step", 10)
     assert math.isclose(decay.gamma, 0.98)
+
+
+# ------------------------------------------------------------------ rule 7: per-optimizer steps; precision; reuse
+
+
+def test_gan_each_optimizer_follows_its_own_schedule(tmp_path: Path) -> None:
+    """Two optimizers step once per batch each: the default length (estimated_stepping_batches = 8) is 8 steps of
+    EACH; the old code counted global_step (2 per batch) and reached min_lr halfway."""
+    recorder = StepRecorder()
+    csv_fit(tmp_path, [LRDecay(mode="cosine", interval="step", min_lr=0.0), recorder], TinyGAN(lr=0.05))
+    expected = [0.05 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    for i in (0, 1):
+        assert [lrs[0] for lrs in recorder.lrs[i]] == pytest.approx(expected)
+
+
+def test_wgan_critic_stepping_more_often_warns(tmp_path: Path) -> None:
+    recorder = StepRecorder()
+    with pytest.warns(UserWarning, match="optimizer 1 made more steps"):
+        csv_fit(tmp_path, [LRDecay(mode="linear", interval="step"), recorder], TinyGAN(d_steps=2, lr=0.05))
+    assert [lrs[0] for lrs in recorder.lrs[1]][:4] == pytest.approx([0.05 * (1 - k / 8) for k in range(4)])
+
+
+def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
+    recorder = StepRecorder()
+    csv_fit(tmp_path / "a", [LRDecay(gamma=0.5, interval="step"), recorder], SkippingBoringModel(skip_batches=[1]))
+    assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.1 * 0.5**k for k in range(7)])  # 7 real steps
+    recorder = StepRecorder()
+    csv_fit(
+        tmp_path / "b",
+        [LRDecay(gamma=0.5, interval="step"), recorder],
+        SkippingBoringModel(),
+        accumulate_grad_batches=2,
+    )
+    assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.1 * 0.5**k for k in range(4)])
+
+
+def test_reused_instance_reads_the_new_optimizers(tmp_path: Path) -> None:
+    """A second fit with a new Trainer starts from the new optimizer's lr and step 0 (the old code kept the first
+    fit's initial lrs and step counts)."""
+    decay = LRDecay(gamma=0.5, interval="step")
+    csv_fit(tmp_path / "first", decay, SkippingBoringModel(lr=0.1))
+    recorder = StepRecorder()
+    csv_fit(tmp_path / "second", [decay, recorder], SkippingBoringModel(lr=0.04))
+    assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.04 * 0.5**k for k in range(8)])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision(tmp_path: Path, precision: str) -> None:
+    recorder = StepRecorder()
+    trainer, _ = csv_fit(
+        tmp_path, [LRDecay(gamma=0.5, interval="step"), recorder], SkippingBoringModel(), **precision_options(precision)
+    )
+    lrs = [lrs[0] for lrs in recorder.lrs[0]]
+    assert lrs == pytest.approx([0.1 * 0.5**k for k in range(len(lrs))])
+    # 16-mixed: the steps the GradScaler skips (its routine first overflow) do not advance the schedule
+    assert len(lrs) == 8 or (precision == "16-mixed" and 4 <= len(lrs) < 8)
+    assert trainer.global_step == 8
