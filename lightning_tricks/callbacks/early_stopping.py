@@ -13,9 +13,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
+
+from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks.ema import EMA
 
 
 def cpu_state_copy(module: nn.Module) -> dict[str, Tensor]:
@@ -53,10 +57,19 @@ class EarlyStopping(_LightningEarlyStopping):
     loaded back into the module in ``on_train_end``, so the returned module always holds the best checked weights
     (unlike Keras, which restores only when it stops training itself). Training that ends by an exception does not
     restore. The copy is part of this callback's state in checkpoints, so a resumed run still restores the true
-    best. Under DDP the decision to keep a copy is broadcast from rank 0 and every rank keeps its own copy of the
-    (synchronized, hence identical) weights: restoring then needs no communication, at the price of one host copy
-    per rank. Note: the copy is taken from the module's own weights at the check; with :class:`EMA` the metric is
-    measured on the averaged weights but the raw weights are kept.
+    best. Under DDP the decision to keep a copy is broadcast from rank 0 and every rank keeps its own copy:
+    parameters are identical across ranks already, and the buffers (BatchNorm statistics, which each rank updates
+    from its own batches) are taken from rank 0 (one broadcast of the buffers per improvement), so every rank
+    restores the same weights. Sharded strategies (FSDP, DeepSpeed) are refused at ``setup`` with
+    ``restore_best_weights=True`` (each rank would keep only its shard); without it they work.
+
+    With :class:`~lightning_tricks.callbacks.EMA` in the same Trainer (any list order): validation inside ``fit``
+    ran on the averaged weights, so the copy is taken from EMA's averaged weights, the ones the metric was measured
+    on, and the restore at the end of training wins over EMA's own end-of-training copy. After ``fit`` the module
+    holds the averaged weights of the best check, and ``trainer.validate()`` / ``trainer.test()`` evaluate them.
+
+    A new ``fit`` without a checkpoint starts afresh (best score, patience counter, kept weights), as when a callback
+    instance is reused with a new Trainer; a checkpoint restore comes after ``setup`` and wins.
 
     Stopping on overfitting (validation loss rising while training loss still falls): monitor the validation loss
     with ``mode="min"`` (it stops improving once the model overfits; ``restore_best_weights=True`` gives back the
@@ -134,6 +147,24 @@ class EarlyStopping(_LightningEarlyStopping):
         self.start_from_epoch = start_from_epoch
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
+        self._check_on_train_epoch_end_arg = check_on_train_epoch_end
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.restore_best_weights:
+            refuse_sharded(
+                self,
+                trainer,
+                "with restore_best_weights=True each rank would keep and restore only its shard of the weights",
+                "Use restore_best_weights=False with ModelCheckpoint(monitor=...) and load the best checkpoint.",
+            )
+        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
+            self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
+            inf = torch.tensor(torch.inf)  # Lightning's initial values
+            self.wait_count, self.stopped_epoch, self.best_score = 0, 0, inf if self.monitor_op == torch.lt else -inf
+            self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
+            self.best_weights, self.best_epoch = None, None
+        super().setup(trainer, pl_module, stage)
 
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
@@ -149,8 +180,27 @@ class EarlyStopping(_LightningEarlyStopping):
             return
         # Metrics logged without sync_dist can differ per rank: rank 0 decides for all, so the copies stay identical.
         if trainer.strategy.broadcast(improved, src=0):
-            self.best_weights = cpu_state_copy(trainer.lightning_module)
+            self.best_weights = self._evaluated_weights(trainer)
             self.best_epoch = trainer.current_epoch
+
+    def _evaluated_weights(self, trainer: pl.Trainer) -> dict[str, Tensor]:
+        """A host copy of the weights the last validation evaluated (EMA's average when an EMA swapped it in), with
+        rank 0's buffers on every rank."""
+        module: nn.Module = trainer.lightning_module
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, EMA) and cb.averaged_module() is not None:
+                module = cb.averaged_module()  # type: ignore[assignment]
+        state = cpu_state_copy(module)
+        if trainer.world_size > 1:
+            # BatchNorm statistics differ per rank (each rank normalizes its own batches): take rank 0's, so that
+            # every rank keeps, and later restores, the same weights. Parameters are identical under DDP already.
+            buffers = {name for name, _ in module.named_buffers()}
+            state.update(trainer.strategy.broadcast({k: v for k, v in state.items() if k in buffers}, src=0))
+        return state
+
+    def will_restore(self) -> bool:
+        """Whether ``on_train_end`` loads (or loaded) the best weights into the module."""
+        return self.restore_best_weights and self.best_weights is not None
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -17,11 +17,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
+from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
 
 def ema_decay(decay: float, num_updates: int, warmup: bool = False) -> float:
@@ -56,28 +59,49 @@ def _group_pairs(averaged: Sequence[Tensor], current: Sequence[Tensor]) -> list[
 
 
 class EMA(WeightAveraging):
-    r"""Keep an exponential moving average of the weights; validate, test and checkpoint with it.
+    r"""Keep an exponential moving average of the weights; validate, checkpoint and end training with it.
 
-    After every optimizer step selected by ``update_every_n_steps`` / ``update_starting_at_step`` (hook
-    ``on_train_batch_end``) the averaged copy is updated with ``ema <- d * ema + (1 - d) * weights`` in one foreach
-    call per device and dtype (no Python loop over tensors, no host-device synchronization: the step count and the
-    decay ``d`` are host-side numbers). The first update copies the weights (as ``AveragedModel`` does). Validation
-    runs on the averaged weights (they are swapped in and out around each validation epoch), checkpoints hold them as
-    ``state_dict`` (the raw weights go to ``current_model_state``, so ``Trainer.test(ckpt_path=...)`` and
-    ``load_from_checkpoint`` give the averaged model, and resuming continues both exactly), and when training ends
-    the averaged weights are copied into the module. Until the first update, the module's own weights are used.
+    Right after every optimizer step selected by ``update_every_n_steps`` / ``update_starting_at_step`` (a torch
+    ``register_step_post_hook`` on each optimizer) the averaged copy of the parameters *that optimizer updates* is
+    updated with ``ema <- d * ema + (1 - d) * weights`` in one foreach call per device and dtype (no Python loop over
+    tensors, no host-device synchronization: the step counts and the decay ``d`` are host-side numbers). Buffers
+    (BatchNorm statistics) and parameters no optimizer updates go along with every update. The first update of each
+    optimizer's parameters copies them (as ``AveragedModel`` does). Validation inside ``fit`` runs on the averaged
+    weights (copied in and out around each validation epoch), checkpoints hold them as ``state_dict`` (the raw
+    weights go to ``current_model_state``, so ``Trainer.test(ckpt_path=...)`` and ``load_from_checkpoint`` give the
+    averaged model, and resuming continues both exactly), and when training ends the averaged weights are copied into
+    the module. Until the first update, the module's own weights are used.
 
-    Cost: one extra copy of the weights (and buffers) in memory; per update one ``_foreach_lerp_`` over all of
-    them (about 3 memory passes of the model size); a swap before and after each validation epoch.
+    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    optimizer. Each optimizer has its own step count, update count and warmup: in a GAN the generator's weights are
+    averaged after each generator step and the discriminator's after each discriminator step, so
+    ``update_every_n_steps=2`` updates each every second step of its own. Accumulation micro-batches, skipped batches
+    (``training_step`` returning ``None``) and steps a ``GradScaler`` skipped are not steps.
+
+    After ``fit``: the module holds the averaged weights, and ``trainer.validate()`` / ``trainer.test()`` evaluate
+    the module as it is (no swap outside ``fit``), so they evaluate the same weights. With
+    :class:`~lightning_tricks.callbacks.EarlyStopping` ``(restore_best_weights=True)`` in the same Trainer, in any
+    list order: the metric it monitors was measured on the averaged weights, so it keeps the averaged weights of its
+    best check, and those are what the module holds after ``fit`` (the restore wins over this end-of-training copy).
+
+    Precision: under ``bf16-true`` / ``16-true`` the average stays in float32 (a half-precision average would round
+    away updates of size ``(1 - d) * w``) and is cast to the module's dtype when it is copied in; under ``64-true``
+    it is kept in float64. Other precisions keep the module's float32 weights. Sharded strategies (FSDP, DeepSpeed)
+    are refused at ``setup``: the averaged copy would be a full copy of a sharded module.
+
+    A new ``fit`` without a checkpoint starts a fresh average (a reused instance does not carry the first fit's).
+
+    Cost: one extra copy of the weights (and buffers) in memory; per update one ``_foreach_lerp_`` over them (about
+    3 memory passes of the model size); a model-sized copy before and after each validation epoch.
 
     Logged keys (at the trainer's logging steps, once an update has happened): ``ema/decay``, the decay used by the
-    latest update.
+    latest update (``ema/decay/opt<i>`` per optimizer with several).
 
     Args:
         decay: The EMA decay ``d`` in ``[0, 1]``; the average's horizon is about ``1 / (1 - d)`` updates.
         warmup: Use ``min(decay, (1 + t) / (10 + t))`` after ``t`` updates (TensorFlow / timm style warmup).
-        update_every_n_steps: Update after every n-th optimizer step (zero-based step index divisible by n).
-        update_starting_at_step: First zero-based optimizer step index that updates; ``None`` starts at once.
+        update_every_n_steps: Update after every n-th step of an optimizer (zero-based step index divisible by n).
+        update_starting_at_step: First zero-based step index (of each optimizer) that updates; ``None``: at once.
         device: Where the averaged copy lives (e.g. ``"cpu"`` to save accelerator memory; then every update copies
             the weights to the host, a synchronization). ``None``: the module's device.
         use_buffers: Average the buffers too (BatchNorm statistics); if ``False`` they are copied from the module.
@@ -85,6 +109,7 @@ class EMA(WeightAveraging):
     Raises:
         ValueError: If ``decay`` is outside ``[0, 1]``, ``update_every_n_steps < 1``,
             ``update_starting_at_step < 0`` or ``device`` is not a device string.
+        MisconfigurationException: At ``setup`` under a sharded strategy.
 
     Example::
 
@@ -124,20 +149,28 @@ class EMA(WeightAveraging):
                     f" but got {device!r}."
                 ) from error
         # No averaging function goes to AveragedModel: its `update_parameters` reads `n_averaged` on the host twice
-        # per call (a synchronization on GPUs), so the updates are done here with a host-side counter.
+        # per call (a synchronization on GPUs), so the updates are done here with host-side counters.
         super().__init__(device=device, use_buffers=use_buffers)
         self.decay = decay
         self.warmup = warmup
         self.update_every_n_steps = update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
-        self._num_updates = 0
-        self._last_decay: float | None = None
-        self._groups: list[tuple[list[Tensor], list[Tensor]]] | None = None
-        self._needs_move = False
+        self._steps = OptimizerSteps(on_step=self._after_step)
+        self._module: pl.LightningModule | None = None  # during fit, for the step hooks
+        self._reset()
+
+    def _reset(self) -> None:
+        self._num_updates = 0  # updates of any optimizer's parameters
+        self._updates: list[int] = []  # per optimizer
+        self._rest_updates = 0  # of the buffers and the parameters of no optimizer
+        self._last_decay: list[float | None] = []
+        self._groups: dict[int, list[tuple[list[Tensor], list[Tensor]]]] | None = None
+        self._backup: list[Tensor] | None = None
+        self._steps.reset()
 
     @override
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        """Update after optimizer steps ``update_starting_at_step + k`` that are multiples of the interval."""
+        """Update after steps ``update_starting_at_step + k`` (of one optimizer) that are multiples of the interval."""
         if step_idx is None:
             return False
         started = self.update_starting_at_step is None or step_idx >= self.update_starting_at_step
@@ -145,66 +178,132 @@ class EMA(WeightAveraging):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded(
+            self,
+            trainer,
+            "the averaged copy would be a full, unsharded copy of the module on every rank",
+            "Use a DDP strategy, or Lightning's EMAWeightAveraging where it supports your strategy.",
+        )
         super().setup(trainer, pl_module, stage)
-        self._groups = None  # built at the first update, once the strategy has moved the module to its device
+        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
+            self._reset()
+            if str(trainer.precision) == "64-true" and self._average_model is not None:
+                self._average_model.double()  # the module becomes float64 after `setup`: keep the average as precise
 
-    def _tensor_pairs(self, pl_module: pl.LightningModule) -> tuple[list[Tensor], list[Tensor]]:
-        assert self._average_model is not None
-        average, module = self._average_model.module, pl_module
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._steps.attach(trainer)
+        self._module = pl_module
+        n = len(trainer.optimizers)
+        self._updates = (self._updates + [0] * n)[:n]
+        self._last_decay = (self._last_decay + [None] * n)[:n]
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._steps.detach()
+        self._module = None
+        self._groups = None  # drop the references to the module's tensors
+
+    def _build_groups(self, pl_module: pl.LightningModule) -> dict[int, list[tuple[list[Tensor], list[Tensor]]]]:
+        """``{optimizer index: pairs}``, and ``-1`` for the buffers and the parameters no optimizer updates."""
+        assert self._average_model is not None and self._trainer_optimizers is not None
+        owner: dict[int, int] = {}
+        for i, opt in enumerate(self._trainer_optimizers):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    owner.setdefault(id(p), i)
+        average = self._average_model.module
+        pairs: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        for avg, cur in zip(average.parameters(), pl_module.parameters(), strict=True):
+            avg_list, cur_list = pairs.setdefault(owner.get(id(cur), -1), ([], []))
+            avg_list.append(avg.detach())
+            cur_list.append(cur)
         if self._use_buffers:
-            return list(itertools.chain(average.parameters(), average.buffers())), list(
-                itertools.chain(module.parameters(), module.buffers())
-            )
-        return list(average.parameters()), list(module.parameters())
+            avg_list, cur_list = pairs.setdefault(-1, ([], []))
+            avg_list.extend(b.detach() for b in average.buffers())
+            cur_list.extend(pl_module.buffers())
+        return {key: _group_pairs(*lists) for key, lists in pairs.items()}
 
     @torch.no_grad()
-    def _update(self, pl_module: pl.LightningModule) -> None:
-        assert self._average_model is not None
-        if self._groups is None:
-            averaged, current = self._tensor_pairs(pl_module)
-            self._needs_move = any(a.device != c.device for a, c in zip(averaged, current, strict=True))
-            self._groups = _group_pairs([a.detach() for a in averaged], current)
-        decay = 0.0 if self._num_updates == 0 else ema_decay(self.decay, self._num_updates, self.warmup)
-        for averaged, current in self._groups:
-            device = averaged[0].device
-            # With `device` set, this copies the weights to that device: a synchronization, documented above.
-            current = [c.detach().to(device) for c in current] if self._needs_move else [c.detach() for c in current]
+    def _update_group(self, key: int, count: int) -> float:
+        """One EMA update of group ``key`` after its ``count`` earlier updates; returns the decay used."""
+        assert self._groups is not None
+        decay = 0.0 if count == 0 else ema_decay(self.decay, count, self.warmup)
+        for averaged, current in self._groups.get(key, []):
+            # Casts to the average's device / dtype: a float32 average of a bf16-true module; with `device` set this
+            # copies the weights to that device, a synchronization (documented above).
+            current = [c.detach().to(a.device, a.dtype) for a, c in zip(averaged, current, strict=True)]
             ema_update_(averaged, current, decay)
+        return decay
+
+    def _after_step(self, index: int, count: int) -> None:
+        """Step post-hook: after optimizer ``index``'s ``count``-th step, update its parameters' average if due."""
+        module = self._module
+        if module is None or self._average_model is None or not self.should_update(step_idx=count - 1):
+            return
+        if self._groups is None:
+            self._groups = self._build_groups(module)
+        self._last_decay[index] = self._update_group(index, self._updates[index])
+        self._updates[index] += 1
+        self._update_group(-1, self._rest_updates)
+        self._rest_updates += 1
         if not self._use_buffers:
-            for b_avg, b_cur in zip(self._average_model.module.buffers(), pl_module.buffers(), strict=True):
+            for b_avg, b_cur in zip(self._average_model.module.buffers(), module.buffers(), strict=True):
                 b_avg.detach().copy_(b_cur.detach())
         self._average_model.n_averaged += 1  # device-side counter kept for AveragedModel's state; no sync
         self._num_updates += 1
-        self._last_decay = decay
+
+    @property
+    def _trainer_optimizers(self) -> list[torch.optim.Optimizer] | None:
+        module = self._module
+        return None if module is None else module.trainer.optimizers
+
+    def averaged_module(self) -> torch.nn.Module | None:
+        """The module that validation inside ``fit`` evaluates instead of the LightningModule, or ``None`` before the
+        first update (then the LightningModule's own weights are evaluated)."""
+        return self._average_model.module if self._average_model is not None and self._num_updates > 0 else None
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step_idx = trainer.global_step - 1
-        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
-            self._update(pl_module)
-            self._latest_update_step = trainer.global_step
-        if trainer_logs_now(trainer) and self._last_decay is not None:
-            pl_module.log("ema/decay", self._last_decay, on_step=True, on_epoch=False, rank_zero_only=True)
+        if trainer_logs_now(trainer):
+            for i, decay in enumerate(self._last_decay):
+                if decay is not None:
+                    key = optimizer_key("ema/decay", i, len(self._last_decay))
+                    pl_module.log(key, decay, on_step=True, on_epoch=False, rank_zero_only=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """No epoch-end updates: EMA is step-based."""
 
+    def _tensors(self, module: torch.nn.Module) -> list[Tensor]:
+        return [t.detach() for t in itertools.chain(module.parameters(), module.buffers())]
+
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._average_model is not None and self._num_updates > 0:
-            self._swap_models(pl_module)
+        average = self.averaged_module()
+        if average is None or trainer.state.fn != TrainerFn.FITTING:  # validate() after fit: the module as it is
+            return
+        current = self._tensors(pl_module)
+        # Copy in, keep the raw weights aside: unlike a swap, the average never passes through the module's dtype.
+        self._backup = [t.clone() for t in current]
+        torch._foreach_copy_(
+            current, [a.to(c.device, c.dtype) for a, c in zip(self._tensors(average), current, strict=True)]
+        )
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._average_model is not None and self._num_updates > 0:
-            self._swap_models(pl_module)
+        if self._backup is not None:
+            torch._foreach_copy_(self._tensors(pl_module), self._backup)
+            self._backup = None
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._average_model is not None and self._num_updates > 0:
+        from lightning_tricks.callbacks.early_stopping import EarlyStopping  # (it imports this module)
+
+        restoring = any(isinstance(cb, EarlyStopping) and cb.will_restore() for cb in trainer.callbacks)
+        if self.averaged_module() is not None and not restoring:  # EarlyStopping's restore (averaged weights) wins
             self._copy_average_to_current(pl_module)
 
     @override
@@ -218,10 +317,24 @@ class EMA(WeightAveraging):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "num_updates": self._num_updates, "last_decay": self._last_decay}
+        return {
+            **super().state_dict(),
+            "num_updates": self._num_updates,
+            "updates": list(self._updates),
+            "rest_updates": self._rest_updates,
+            "last_decay": list(self._last_decay),
+            **self._steps.state_dict(),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._latest_update_step = state_dict.get("latest_update_step", 0)
         self._num_updates = state_dict.get("num_updates", 0)
-        self._last_decay = state_dict.get("last_decay")
+        # checkpoints from before per-optimizer counts: one optimizer, stepped `latest_update_step` times
+        self._updates = list(state_dict.get("updates", [self._num_updates]))
+        self._rest_updates = state_dict.get("rest_updates", self._num_updates)
+        last = state_dict.get("last_decay")
+        self._last_decay = list(last) if isinstance(last, list) else [last]
+        self._steps.load_state_dict(state_dict)
+        if "optimizer_steps" not in state_dict:
+            self._steps.counts = [self._latest_update_step]
