@@ -325,3 +325,30 @@ def csv_fit(
     trainer = tiny_trainer(root, callbacks, logger=CSVLogger(root, name="", version=""), **options)
     trainer.fit(model)
     return trainer, metrics_rows(root)
+
+
+class ScriptedMetricModel(SkippingBoringModel):
+    """``SkippingBoringModel`` that logs ``val_metric = metrics[current_epoch]`` at each validation (a scripted
+    metric, so the best epoch is known) and records the weights each validation / test evaluated: ``validated``
+    (``{epoch: state_dict copy}``, during fit) and ``evaluated`` (digests of the weights of every validation / test
+    step, in order, tagged ``"validate"`` / ``"test"``)."""
+
+    def __init__(self, metrics: Sequence[float], lr: float = 0.1) -> None:
+        super().__init__(lr=lr)
+        self.metrics = list(metrics)
+        self.validated: dict[int, dict[str, torch.Tensor]] = {}
+        self.evaluated: list[tuple[str, str]] = []
+
+    def on_validation_epoch_start(self) -> None:  # runs after every callback's hook: sees EMA's swapped-in weights
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.validated[self.current_epoch] = {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluated.append(("validate", tensors_digest(self.state_dict().values())))
+        self.log("val_metric", self.metrics[min(self.current_epoch, len(self.metrics) - 1)])
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluated.append(("test", tensors_digest(self.state_dict().values())))
+
+    def test_dataloader(self) -> DataLoader:
+        return fixed_loader(8, seed=4)

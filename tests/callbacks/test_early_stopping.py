@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from _callback_helpers import (
     WITH_VALIDATION,
+    ScriptedMetricModel,
     callback_from_cli,
     fixed_loader,
     read_rank_texts,
@@ -17,12 +19,14 @@ from _callback_helpers import (
     tiny_trainer,
     write_rank_text,
 )
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
-from lightning_tricks.callbacks import EarlyStopping
+from lightning_tricks.callbacks import EMA, EarlyStopping
 from lightning_tricks.callbacks.early_stopping import cpu_state_copy, is_improvement
 
 
@@ -123,28 +127,46 @@ def test_resume_restores_true_best(tmp_path: Path) -> None:
     assert torch.equal(full_model.layer.weight, full_model.weights_at_epoch[1])
 
 
+class ScheduledMetricBN(ScheduledMetric):
+    """``ScheduledMetric`` with a ``BatchNorm1d`` in front: under DDP each rank's running statistics differ."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bn = torch.nn.BatchNorm1d(32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.bn(x))
+
+
 class _DumpingEarlyStopping(EarlyStopping):
-    """Writes each rank's final weights hash and best epoch to ``folder`` (ddp_spawn does not send them back)."""
+    """Writes each rank's final weights hash (parameters and BatchNorm buffers), best epoch and its live BatchNorm
+    running mean before the restore to ``folder`` (ddp_spawn does not send them back)."""
 
     def __init__(self, folder: Path, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.folder = folder
 
     def on_train_end(self, trainer: Trainer, pl_module: BoringModel) -> None:
+        live = tensors_digest([pl_module.bn.running_mean])  # type: ignore[list-item]
         super().on_train_end(trainer, pl_module)
-        digest = tensors_digest([pl_module.layer.weight])
-        write_rank_text(self.folder, trainer.global_rank, f"{digest} {self.best_epoch}")
+        digest = tensors_digest(pl_module.state_dict().values())
+        write_rank_text(self.folder, trainer.global_rank, f"{digest} {self.best_epoch} {live}")
 
 
 def test_ddp_ranks_restore_the_same_weights(tmp_path: Path) -> None:
+    """Both ranks restore the same parameters AND BatchNorm buffers, although each rank's live running statistics
+    differ (each rank sees its own half of the data; ``broadcast_buffers=False``, as BatchNorm users often set, keeps
+    DDP from copying rank 0's) and the unsynced metrics disagree between ranks."""
     seed_everything(0)
     # Unsynced metrics that disagree between ranks: rank 0's best is epoch 1, rank 1's would be epoch 2.
-    model = ScheduledMetric([], per_rank={0: [3.0, 1.0, 2.0, 2.0], 1: [3.0, 2.0, 1.0, 2.0]})
+    model = ScheduledMetricBN([], per_rank={0: [3.0, 1.0, 2.0, 2.0], 1: [3.0, 2.0, 1.0, 2.0]})
     stop = _DumpingEarlyStopping(tmp_path, "score", patience=5, restore_best_weights=True)
-    trainer = _trainer(tmp_path, [stop], max_epochs=4, accelerator="cpu", devices=2, strategy="ddp_spawn")
+    strategy = DDPStrategy(start_method="spawn", broadcast_buffers=False)
+    trainer = _trainer(tmp_path, [stop], max_epochs=4, accelerator="cpu", devices=2, strategy=strategy)
     trainer.fit(model)
-    lines = set(read_rank_texts(tmp_path))
-    assert len(lines) == 1 and lines.pop().endswith(" 1")
+    lines = [line.split() for line in read_rank_texts(tmp_path)]
+    assert lines[0][2] != lines[1][2]  # the ranks' own BatchNorm statistics differ ...
+    assert lines[0][:2] == lines[1][:2] and lines[0][1] == "1"  # ... yet both restore rank 0's best, buffers included
 
 
 @pytest.mark.parametrize(
@@ -169,3 +191,51 @@ def test_lightning_cli() -> None:
          "--trainer.logger=false"],
     )  # fmt: skip
     assert stop.monitor == "val/loss" and stop.restore_best_weights and stop.start_from_epoch == 3
+
+
+# ------------------------------------------------------------------------------------ reuse, sharding, with EMA
+
+
+def _fit_scripted(root: Path, callbacks: list[Any], metrics: list[float], epochs: int) -> ScriptedMetricModel:
+    model = ScriptedMetricModel(metrics)
+    _trainer(root, callbacks, max_epochs=epochs, enable_checkpointing=False).fit(model)
+    return model
+
+
+def _assert_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key].to(value.dtype), rtol=0, atol=0)
+
+
+def test_reused_instance_starts_afresh(tmp_path: Path) -> None:
+    """Second fit, new Trainer, same instance: no stop at once, no restore of the first fit's weights (old code did
+    both: the first fit's best score and weights were kept)."""
+    stop = EarlyStopping("val_metric", patience=0, restore_best_weights=True)
+    first = _fit_scripted(tmp_path / "a", [stop], [1.0, 2.0, 3.0], epochs=3)  # stops at epoch 1, restores epoch 0
+    _assert_weights(first, first.validated[0])
+    second = _fit_scripted(tmp_path / "b", [stop], [3.0, 2.0, 1.0], epochs=3)  # improves every epoch
+    assert sorted(second.validated) == [0, 1, 2] and stop.best_epoch == 2 and stop.stopped_epoch == 0
+    _assert_weights(second, second.validated[2])
+
+
+@pytest.mark.parametrize("ema_first", [True, False], ids=["ema-first", "stop-first"])
+def test_with_ema_in_any_order(tmp_path: Path, ema_first: bool) -> None:
+    """The metric was measured on EMA's averaged weights: those of the best check are kept and end up in the module,
+    whatever the list order; validate() and test() afterwards evaluate exactly them."""
+    ema, stop = EMA(decay=0.5), EarlyStopping("val_metric", patience=5, restore_best_weights=True)
+    model = ScriptedMetricModel([3.0, 1.0, 2.0, 4.0])
+    trainer = _trainer(tmp_path, [ema, stop] if ema_first else [stop, ema], max_epochs=4, enable_checkpointing=False)
+    trainer.fit(model)
+    assert stop.best_epoch == 1
+    _assert_weights(model, model.validated[1])  # validated = EMA's weights swapped in for that validation
+    model.evaluated.clear()
+    trainer.validate(model, verbose=False)
+    trainer.test(model, verbose=False)
+    assert {kind for kind, _ in model.evaluated} == {"validate", "test"}
+    assert {digest for _, digest in model.evaluated} == {tensors_digest(model.validated[1].values())}
+
+
+def test_refuses_sharded_strategies_with_restore() -> None:
+    trainer = SimpleNamespace(strategy=type("DeepSpeedStrategy", (), {})())
+    with pytest.raises(MisconfigurationException, match="EarlyStopping does not support the DeepSpeedStrategy"):
+        EarlyStopping("val_metric", restore_best_weights=True).setup(trainer, BoringModel(), "fit")  # type: ignore
