@@ -124,3 +124,9 @@ class OptimizerSteps:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (a checkpoint without it keeps the current counts)."""
         self.counts = [int(c) for c in state.get("optimizer_steps", self.counts)]
+
+
+def optimizer_index(trainer: pl.Trainer, optimizer: Any) -> int:
+    """The position of ``optimizer`` (torch or ``LightningOptimizer``) in ``trainer.optimizers``; 0 if absent."""
+    target = id(unwrap(optimizer))
+    return next((i for i, o in enumerate(trainer.optimizers) if id(unwrap(o)) == target), 0)

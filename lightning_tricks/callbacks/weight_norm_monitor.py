@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._monitoring import (
     add_custom_scalars,
     add_histograms,
@@ -32,6 +33,7 @@ from lightning_tricks.callbacks._monitoring import (
     to_host,
     validate_every_n,
 )
+from lightning_tricks.callbacks._steps import optimizer_index
 
 
 def weight_grad_norms(params: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,6 +82,18 @@ class WeightNormMonitor(Callback):
     clipped) and in ``on_train_batch_end`` (after the optimizer step, for the update ratio). All maths uses
     ``torch._foreach_norm`` on the device.
 
+    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    optimizer; logging follows the Trainer's ``log_every_n_steps`` (batches in which the optimizers stepped), so
+    every key is logged once per logging batch. With several optimizers (a GAN, automatic or manual optimization)
+    each parameter's norms come from its own optimizer's step, ``grad_norm/total`` is the norm of ALL their
+    gradients together (each optimizer's as it stepped), and ``grad_norm/total/opt<i>`` is optimizer ``i``'s alone.
+    An optimizer stepped several times in one batch (a WGAN critic) reports its first step's norms, and an update
+    ratio that spans all of its steps in the batch. Skipped batches (``training_step`` returning ``None``) and
+    accumulation micro-batches log nothing (no gradients / no step).
+
+    Precision: every Lightning precision works (norms in float32). Sharded strategies (FSDP, DeepSpeed) are refused
+    at ``setup``: each rank holds only a shard of the weights and gradients, so the norms would be wrong.
+
     Cost: on steps that do not log, nothing at all (no kernels, no host sync). On a logging step: three
     ``_foreach_norm`` passes, a temporary copy of the weights (one model's worth of memory until the step is done),
     and ONE device-to-host transfer for every value. Histogram steps (the first step of every
@@ -88,7 +102,8 @@ class WeightNormMonitor(Callback):
     Logged keys (rank zero, to every logger, at Lightning's step index):
 
     - ``weight_norm/<param>``: L2 norm of the parameter before the step;
-    - ``grad_norm/<param>``: L2 norm of its gradient before clipping; ``grad_norm/total``: of all gradients together;
+    - ``grad_norm/<param>``: L2 norm of its gradient before clipping; ``grad_norm/total``: of all gradients together
+      (all optimizers); ``grad_norm/total/opt<i>`` per optimizer when there are several;
     - ``update_ratio/<param>``: ``||w_after - w_before|| / ||w_before||`` of that step;
     - with ``per_layer=True`` also ``weight_norm/<layer>``, ``grad_norm/<layer>``, ``update_ratio/<layer>`` for each
       module owning parameters (``<root>`` for parameters registered on the LightningModule itself);
@@ -127,12 +142,20 @@ class WeightNormMonitor(Callback):
         self.per_layer = per_layer
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self._every_n = 0
-        self._histogram_epoch = -1
-        self._pending: list[_Pending] = []
+        self._histogram_epochs: list[int] = []  # per optimizer: the last epoch it wrote histograms in
+        self._pending: dict[int, _Pending] = {}  # per optimizer: this batch's record
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded(
+            self,
+            trainer,
+            "each rank holds only a shard of the weights and gradients, so the norms would be wrong",
+            "Use a DDP strategy, or Lightning's `lightning.pytorch.utilities.grad_norm` in your module.",
+        )
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
+        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
+            self._histogram_epochs, self._pending = [], {}
         if stage == "fit" and not trainer.loggers:
             rank_zero_warn("`WeightNormMonitor` has no logger to write to: pass `Trainer(logger=...)`.")
 
@@ -146,17 +169,20 @@ class WeightNormMonitor(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        epoch = trainer.current_epoch
+        epoch, index = trainer.current_epoch, optimizer_index(trainer, optimizer)
         every_epochs = self.histogram_every_n_epochs
-        histogram_now = every_epochs is not None and epoch % every_epochs == 0 and self._histogram_epoch != epoch
-        log_now = is_logging_step(trainer, self._every_n)
+        while len(self._histogram_epochs) <= index:
+            self._histogram_epochs.append(-1)
+        done = self._histogram_epochs[index] == epoch
+        histogram_now = every_epochs is not None and epoch % every_epochs == 0 and not done
+        log_now = is_logging_step(trainer, self._every_n) and index not in self._pending  # its first step this batch
         if not (histogram_now or log_now):
             return  # neither a histogram nor a logging step: no parameter walk, no kernels, no sync
         named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
         if not named:
-            return
+            return  # no gradient: a skipped batch, not a step
         if histogram_now:
-            self._histogram_epoch = epoch
+            self._histogram_epochs[index] = epoch
             tensors = {f"weight_hist/{n}": p for n, p in named}
             tensors.update({f"grad_hist/{n}": p.grad for n, p in named if p.grad is not None})
             add_histograms(trainer, tensors)
@@ -166,7 +192,7 @@ class WeightNormMonitor(Callback):
         weight_norms, grad_norms, total = weight_grad_norms(params, [p.grad for p in params])
         with torch.no_grad():
             snapshot = torch._foreach_mul([p.detach() for p in params], 1.0)  # copy of the weights before the step
-        self._pending.append(_Pending(names, params, snapshot, weight_norms, grad_norms, total))
+        self._pending[index] = _Pending(names, params, snapshot, weight_norms, grad_norms, total)
 
     @override
     def on_train_batch_end(
@@ -176,11 +202,15 @@ class WeightNormMonitor(Callback):
             return
         keys: list[str] = []
         tensors: list[Tensor] = []
-        for rec in self._pending:
+        several = len(trainer.optimizers) > 1
+        for index, rec in self._pending.items():
             update_norms, ratios = update_ratios(rec.snapshot, rec.params)
             keys += [f"weight_norm/{n}" for n in rec.names] + [f"grad_norm/{n}" for n in rec.names]
-            keys += [f"update_ratio/{n}" for n in rec.names] + ["grad_norm/total"]
-            tensors += [rec.weight_norms, rec.grad_norms, ratios, rec.total]
+            keys += [f"update_ratio/{n}" for n in rec.names]
+            tensors += [rec.weight_norms, rec.grad_norms, ratios]
+            if several:
+                keys.append(f"grad_norm/total/opt{index}")
+                tensors.append(rec.total)
             if self.per_layer:
                 groups = group_indices(rec.names)
                 members = list(groups.values())
@@ -190,14 +220,18 @@ class WeightNormMonitor(Callback):
                 keys += [f"update_ratio/{layer}" for layer in groups]
                 tensors += [layer_weight, group_norms(rec.grad_norms, members)]
                 tensors.append(layer_update / layer_weight.clamp_min(1e-12))
+        totals = torch.stack([rec.total.to(tensors[0].device) for rec in self._pending.values()])
+        keys.append("grad_norm/total")  # all gradients of the batch's steps together: sqrt of the sum of squares
+        tensors.append(torch.linalg.vector_norm(totals))
         self._pending.clear()
         values = to_host(tensors)  # the one host-device sync of this logging interval
         log_metrics(trainer, dict(zip(keys, values, strict=True)))
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"histogram_epoch": self._histogram_epoch}
+        return {"histogram_epochs": list(self._histogram_epochs)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._histogram_epoch = int(state_dict.get("histogram_epoch", -1))
+        legacy = [int(state_dict["histogram_epoch"])] if "histogram_epoch" in state_dict else []
+        self._histogram_epochs = [int(e) for e in state_dict.get("histogram_epochs", legacy)]

@@ -5,19 +5,26 @@ from __future__ import annotations
 import math
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from _callback_helpers import (
+    PRECISIONS,
+    SkippingBoringModel,
+    TinyGAN,
     callback_from_cli,
     count_host_reads_in_hooks,
+    csv_fit,
     fixed_loader,
     metrics_rows,
+    precision_options,
     read_rank_json,
     tiny_trainer,
     write_rank_json,
 )
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -217,3 +224,48 @@ def test_histogram_stats_on_hand_computed_tensors() -> None:
     # min, max, count, sum, sum of squares, then 3 equal buckets over [min, max]: [0, 1), [1, 2), [2, 3]
     assert table[0].tolist() == [0.0, 3.0, 4.0, 6.0, 14.0, 1.0, 1.0, 2.0]
     assert table[1].tolist() == [2.0, 2.0, 4.0, 8.0, 16.0, 4.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ rule 7: several optimizers; precision; sharding
+
+
+def _norm_of(row: dict[str, str], prefix: str) -> float:
+    return math.sqrt(sum(float(v) ** 2 for k, v in row.items() if k.startswith(prefix) and v))
+
+
+def test_gan_total_covers_every_optimizer_once_per_batch(tmp_path: Path) -> None:
+    """``grad_norm/total`` is the norm of the generator's AND the discriminator's gradients, logged once per batch
+    (the old code logged it once per optimizer under one key, so only the last optimizer's survived)."""
+    _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), TinyGAN())
+    rows = [r for r in rows if r.get("grad_norm/total")]
+    assert len(rows) == 8
+    for row in rows:
+        g, d = _norm_of(row, "grad_norm/generator."), _norm_of(row, "grad_norm/discriminator.")
+        assert float(row["grad_norm/total/opt0"]) == pytest.approx(g, rel=1e-5)
+        assert float(row["grad_norm/total/opt1"]) == pytest.approx(d, rel=1e-5)
+        assert float(row["grad_norm/total"]) == pytest.approx(math.hypot(g, d), rel=1e-5)
+        assert d > 2 * g  # both really are in the total: it is not the generator's alone
+
+
+def test_skipped_batch_logs_nothing(tmp_path: Path) -> None:
+    _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), SkippingBoringModel([1]))
+    assert [int(r["step"]) for r in rows if r.get("grad_norm/total")] == [0, 2, 3, 4, 5, 6, 7]
+    assert not any(k.endswith("/opt0") for k in rows[0])  # one optimizer: no per-optimizer keys
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision(tmp_path: Path, precision: str) -> None:
+    model = SkippingBoringModel()
+    before = model.layer.weight.detach().norm().item()
+    _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), model, **precision_options(precision))
+    rows = [r for r in rows if r.get("weight_norm/layer.weight")]
+    assert len(rows) == 8
+    assert float(rows[0]["weight_norm/layer.weight"]) == pytest.approx(before, rel=1e-2)  # bf16 / fp16 rounding
+    finite = [math.isfinite(float(r["grad_norm/total"])) for r in rows]
+    assert all(finite) or (precision == "16-mixed" and any(finite))  # 16-mixed: the scaler's routine overflow
+
+
+def test_refuses_sharded_strategies() -> None:
+    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
+    with pytest.raises(MisconfigurationException, match="WeightNormMonitor does not support the FSDPStrategy"):
+        WeightNormMonitor().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
