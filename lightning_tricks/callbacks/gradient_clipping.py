@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -27,7 +28,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
 ClipMode = Literal["norm", "value", "agc", "auto"]
 _MODES = ("norm", "value", "agc", "auto")
@@ -90,8 +93,16 @@ class GradientClipping(Callback):
     every rank computes the same norms and makes the same decision without communication), and are clipped before the
     optimizer reads them. Works with manual optimization too (the hook runs inside ``optimizer.step()``). Put a
     :class:`~lightning_tricks.callbacks.WeightDecay` in ``mode="l2"`` *before* this callback in the list so that the
-    penalty's gradient is clipped as well. Not for sharded strategies (FSDP, DeepSpeed): there each rank holds only a
-    part of the gradients; use ``Trainer(gradient_clip_val=...)`` there.
+    penalty's gradient is clipped as well. Sharded strategies (FSDP, DeepSpeed) are refused at ``setup``: there each
+    rank holds only a part of the gradients; use ``Trainer(gradient_clip_val=...)`` there.
+
+    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    optimizer, and each optimizer is clipped on its own gradients: with several optimizers (a GAN) the total norm is
+    that optimizer's, AutoClip keeps one norm history per optimizer, and the logged keys end in ``/opt<i>``. Skipped
+    batches (``training_step`` returning ``None``: no gradient) and accumulation micro-batches are not steps.
+
+    Precision: every Lightning precision works. Under ``16-mixed`` the gradients are unscaled here; the non-finite
+    norms of the steps the ``GradScaler`` skips are not recorded by AutoClip.
 
     Modes (``θ`` = ``threshold``):
 
@@ -108,7 +119,7 @@ class GradientClipping(Callback):
 
     Nothing is copied to the host except once per logging interval (``trainer.log_every_n_steps``).
 
-    Logged keys (at logging steps only, through ``pl_module.log``):
+    Logged keys (at logging steps only, through ``pl_module.log``; ``/opt<i>`` appended with several optimizers):
 
     - ``grad_clip/total_norm``: total gradient norm before clipping (of the last optimizer step).
     - ``grad_clip/clipped_fraction``: fraction of optimizer steps since the last log whose gradients were changed
@@ -172,15 +183,19 @@ class GradientClipping(Callback):
         self.history_size = history_size
         self.agc_eps = float(agc_eps)
         self.agc_skip_last_layer = agc_skip_last_layer
-        # Training state (saved in checkpoints).
-        self._history: Tensor | None = None  # AutoClip norms, NaN = empty slot
-        self._num_steps = 0  # optimizer steps seen, the ring buffer's write position
-        self._clipped_sum: Tensor | None = None  # clipped indicator summed since the last log, on the device
-        self._steps_since_log = 0
+        self._state: list[_ClipState] = []  # training state per optimizer (saved in checkpoints)
         self._skip: set[int] = set()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded(
+            self,
+            trainer,
+            "each rank holds only a shard of the gradients, so the norms and thresholds would be wrong",
+            "Use Trainer(gradient_clip_val=...), which the sharded strategies implement.",
+        )
+        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
+            self._state = []
         if trainer.gradient_clip_val:
             raise MisconfigurationException(
                 f"`GradientClipping` callback and `Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` would both"
@@ -201,7 +216,11 @@ class GradientClipping(Callback):
     ) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
-            return
+            return  # no gradient: a skipped batch, not a step
+        index = optimizer_index(trainer, optimizer)
+        while len(self._state) <= index:
+            self._state.append(_ClipState())
+        state = self._state[index]
         grads = [p.grad for p in params]
         log = trainer_logs_now(trainer)
         total_norm: Tensor | None = None  # pre-clip norm; for "value" / "agc" only computed when logging
@@ -211,8 +230,8 @@ class GradientClipping(Callback):
             clipped = (total_norm > self.threshold).float()
         elif self.mode == "auto":
             total_norm = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
-            history = self._device_history(total_norm.device)
-            history[self._num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
+            history = state.device_history(total_norm.device, self.history_size)
+            history[state.num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
             threshold = autoclip_threshold(history, self.percentile)
             clipped = scale_to_max_norm_(grads, threshold, total_norm)
         else:
@@ -229,51 +248,72 @@ class GradientClipping(Callback):
                     if kept
                     else grads[0].new_zeros((), dtype=torch.float32)
                 )
-        self._num_steps += 1
-        self._steps_since_log += 1
-        self._clipped_sum = clipped if self._clipped_sum is None else self._clipped_sum.to(clipped.device) + clipped
+        state.num_steps += 1
+        state.steps_since_log += 1
+        state.clipped_sum = clipped if state.clipped_sum is None else state.clipped_sum.to(clipped.device) + clipped
         if log and total_norm is not None:
             device = total_norm.device
             values = torch.stack(
                 [
                     total_norm.float(),
-                    self._clipped_sum.float() / self._steps_since_log,
+                    state.clipped_sum.float() / state.steps_since_log,
                     torch.as_tensor(threshold, device=device).float(),
                 ]
             )
             # Deliberate host sync, once per logging interval: one transfer for all logged values.
             norm, fraction, thr = values.tolist()
-            pl_module.log_dict(
-                {"grad_clip/total_norm": norm, "grad_clip/clipped_fraction": fraction, "grad_clip/threshold": thr},
-                on_step=True,
-                on_epoch=False,
-            )
-            self._clipped_sum = None
-            self._steps_since_log = 0
-
-    def _device_history(self, device: torch.device) -> Tensor:
-        if self._history is None or self._history.numel() != self.history_size:
-            old = self._history
-            self._history = torch.full((self.history_size,), math.nan, device=device)
-            if old is not None:  # a checkpoint written with another history_size (order does not matter)
-                n = min(old.numel(), self.history_size)
-                self._history[:n] = old[:n].to(device)
-        elif self._history.device != device:
-            self._history = self._history.to(device)
-        return self._history
+            n = len(trainer.optimizers)
+            metrics = {"total_norm": norm, "clipped_fraction": fraction, "threshold": thr}
+            metrics = {optimizer_key(f"grad_clip/{k}", index, n): v for k, v in metrics.items()}
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+            state.clipped_sum = None
+            state.steps_since_log = 0
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": None if self._history is None else self._history.detach().cpu(),
-            "num_steps": self._num_steps,
-            "clipped_sum": None if self._clipped_sum is None else self._clipped_sum.detach().cpu(),
-            "steps_since_log": self._steps_since_log,
-        }
+        return {"optimizers": [state.to_dict() for state in self._state]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._history = state_dict.get("history")
-        self._num_steps = state_dict.get("num_steps", 0)
-        self._clipped_sum = state_dict.get("clipped_sum")
-        self._steps_since_log = state_dict.get("steps_since_log", 0)
+        saved = state_dict.get("optimizers")
+        if saved is None and "num_steps" in state_dict:  # a checkpoint from before per-optimizer state
+            saved = [state_dict]
+        self._state = [_ClipState.from_dict(entry) for entry in saved or []]
+
+
+@dataclass
+class _ClipState:
+    """The training state of :class:`GradientClipping` for one optimizer (design rule 7: never mixed)."""
+
+    history: Tensor | None = None  # AutoClip norms, NaN = empty slot
+    num_steps: int = 0  # steps of this optimizer, the ring buffer's write position
+    clipped_sum: Tensor | None = None  # clipped indicator summed since the last log, on the device
+    steps_since_log: int = 0
+
+    def device_history(self, device: torch.device, size: int) -> Tensor:
+        """The AutoClip ring buffer on ``device`` with ``size`` slots (a checkpoint's other size is carried over)."""
+        if self.history is None or self.history.numel() != size:
+            old = self.history
+            self.history = torch.full((size,), math.nan, device=device)
+            if old is not None:  # a checkpoint written with another history_size (order does not matter)
+                n = min(old.numel(), size)
+                self.history[:n] = old[:n].to(device)
+        elif self.history.device != device:
+            self.history = self.history.to(device)
+        return self.history
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (device tensors copied to the host)."""
+        return {
+            "history": None if self.history is None else self.history.detach().cpu(),
+            "num_steps": self.num_steps,
+            "clipped_sum": None if self.clipped_sum is None else self.clipped_sum.detach().cpu(),
+            "steps_since_log": self.steps_since_log,
+        }
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> _ClipState:
+        """Restore :meth:`to_dict`."""
+        return cls(
+            entry.get("history"), entry.get("num_steps", 0), entry.get("clipped_sum"), entry.get("steps_since_log", 0)
+        )

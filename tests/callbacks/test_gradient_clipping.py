@@ -6,21 +6,27 @@ import math
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from _callback_helpers import (
     DEVICES,
+    PRECISIONS,
     TRAIN_ONLY_ON_CPU,
+    SkippingBoringModel,
+    TinyGAN,
     callback_from_cli,
+    csv_fit,
     fixed_loader,
     metrics_rows,
     no_host_sync,
+    precision_options,
     tiny_trainer,
 )
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
@@ -57,7 +63,10 @@ class GradRecorder(BoringModel):
         if self.out_dir is not None:  # under ddp_spawn, each rank reports what it saw
             clip = next(c for c in self.trainer.callbacks if isinstance(c, GradientClipping))
             torch.save(
-                {"weights": self.layer.weight.detach().clone(), "history": clip.state_dict()["history"]},
+                {
+                    "weights": self.layer.weight.detach().clone(),
+                    "history": clip.state_dict()["optimizers"][0]["history"],
+                },
                 Path(self.out_dir) / f"rank{self.global_rank}.pt",
             )
 
@@ -135,9 +144,9 @@ def test_auto_mode_uses_percentile_of_history(tmp_path: Path) -> None:
     clip = GradientClipping(mode="auto", percentile=50, history_size=3)
     model = GradRecorder()
     _trainer(tmp_path, clip).fit(model)
-    history = clip.state_dict()["history"]
+    history = clip.state_dict()["optimizers"][0]["history"]
     assert torch.isfinite(history).all()  # 4 steps filled the 3-slot ring
-    assert clip.state_dict()["num_steps"] == 4
+    assert clip.state_dict()["optimizers"][0]["num_steps"] == 4
     # the last step was clipped to the median of the last three pre-clip norms, or kept if below it
     last_norm = model.post_clip[-1].norm().item()
     assert last_norm <= history.median().item() * (1 + 1e-4)
@@ -149,15 +158,17 @@ def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypat
     model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)).to(device)
     x = torch.randn(4, 8, device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = SimpleNamespace(loggers=[object()], _logger_connector=SimpleNamespace(should_update_logs=False))
+    trainer = SimpleNamespace(
+        loggers=[object()], _logger_connector=SimpleNamespace(should_update_logs=False), optimizers=[optimizer]
+    )
     clip = GradientClipping(mode=mode, threshold=1e-3, percentile=50, history_size=8)
-    clip.setup(SimpleNamespace(gradient_clip_val=None), model, "fit")
+    clip.setup(SimpleNamespace(gradient_clip_val=None, strategy=object()), model, "fit")
     with no_host_sync(torch.device(device), monkeypatch):
         for i in range(3):
             optimizer.zero_grad()
             (model(x).square().sum() * 10**i).backward()  # growing norms: AutoClip clips steps 2 and 3
             clip.on_before_optimizer_step(trainer, model, optimizer)
-    state = clip.state_dict()
+    state = clip.state_dict()["optimizers"][0]
     assert (state["num_steps"], state["steps_since_log"]) == (3, 3)
     # θ = 1e-3 clips every step (AGC: every unit of the first layer, the last one is skipped)
     assert state["clipped_sum"].item() == (2.0 if mode == "auto" else 3.0)
@@ -167,12 +178,12 @@ def test_auto_mode_ignores_non_finite_norms() -> None:
     """A step with inf gradients (which a 16-mixed GradScaler skips) must not enter AutoClip's history."""
     w = nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([w], lr=0.1)
-    trainer = SimpleNamespace(loggers=[], _logger_connector=SimpleNamespace(should_update_logs=False))
+    trainer = SimpleNamespace(loggers=[], _logger_connector=SimpleNamespace(should_update_logs=False), optimizers=[])
     clip = GradientClipping(mode="auto", percentile=100, history_size=4)
     for grad in ([3.0, 4.0], [math.inf, 0.0], [6.0, 8.0]):
         w.grad = torch.tensor(grad)
         clip.on_before_optimizer_step(trainer, None, optimizer)
-    history = clip.state_dict()["history"]
+    history = clip.state_dict()["optimizers"][0]["history"]
     assert history[0].item() == 5.0 and history[1].isnan() and history[2].item() == 10.0
     torch.testing.assert_close(w.grad, torch.tensor([6.0, 8.0]))  # 10 <= max(5, 10): kept
 
@@ -221,7 +232,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     run(tmp_path / "part", 1)
     resumed_model, resumed_clip = run(tmp_path / "resumed", 3, ckpt_path=str(tmp_path / "part" / "epoch=0-step=4.ckpt"))
     assert torch.equal(full_model.layer.weight, resumed_model.layer.weight)
-    full, resumed = full_clip.state_dict(), resumed_clip.state_dict()
+    full, resumed = full_clip.state_dict()["optimizers"][0], resumed_clip.state_dict()["optimizers"][0]
     assert full["num_steps"] == resumed["num_steps"] == 12
     assert torch.equal(full["history"], resumed["history"])
 
@@ -290,3 +301,49 @@ def test_lightning_cli(tmp_path: Path) -> None:
     )
     assert clip.mode == "auto"
     assert clip.percentile == 5.0
+
+
+# ------------------------------------------------------------------ rule 7: per-optimizer state; precision; sharding
+
+
+def test_gan_autoclip_history_per_optimizer(tmp_path: Path) -> None:
+    """AutoClip's threshold for each optimizer is the percentile of ITS OWN norm history (the old code mixed the
+    generator's and the discriminator's norms in one history and logged both under one key)."""
+    _, rows = csv_fit(tmp_path, GradientClipping(mode="auto", percentile=50), TinyGAN())
+    for i in (0, 1):
+        norms = [float(r[f"grad_clip/total_norm/opt{i}"]) for r in rows if r.get(f"grad_clip/total_norm/opt{i}")]
+        thresholds = [float(r[f"grad_clip/threshold/opt{i}"]) for r in rows if r.get(f"grad_clip/threshold/opt{i}")]
+        assert len(norms) == len(thresholds) == 8
+        expected = [np.quantile(norms[: k + 1], 0.5) for k in range(8)]
+        assert thresholds == pytest.approx(expected, rel=1e-5)
+    assert not any(r.get("grad_clip/threshold") for r in rows)
+
+
+class _ClippedNorm(Callback):
+    """Records the total gradient norm the optimizer will read (after the clipping callback listed before it)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            self.norms.append(torch.nn.utils.get_total_norm(grads, foreach=True).item())
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision(tmp_path: Path, precision: str) -> None:
+    after = _ClippedNorm()
+    callbacks = [GradientClipping(mode="norm", threshold=0.01), after]
+    _, rows = csv_fit(tmp_path, callbacks, SkippingBoringModel([2]), **precision_options(precision))
+    finite = [n for n in after.norms if math.isfinite(n)]
+    assert len(after.norms) == 7 and len(finite) >= 4  # 16-mixed: the GradScaler's routine overflow steps
+    assert finite == pytest.approx([0.01] * len(finite), rel=2e-2)  # clipped to the threshold (bf16 / fp16 grads)
+    fractions = [float(r["grad_clip/clipped_fraction"]) for r in rows if r.get("grad_clip/clipped_fraction")]
+    assert len(fractions) >= 7 and set(fractions) == {1.0}  # (Lightning repeats step values on the skipped batch)
+
+
+def test_refuses_sharded_strategies() -> None:
+    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})(), gradient_clip_val=None)
+    with pytest.raises(MisconfigurationException, match="GradientClipping does not support the FSDPStrategy"):
+        GradientClipping().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
