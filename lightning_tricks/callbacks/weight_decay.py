@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._monitoring import logging_step, trainer_logs_now
 
 DecayMode = Literal["l2", "decoupled"]
 _MODES = ("l2", "decoupled")
@@ -59,10 +60,37 @@ def add_l2_gradient_(params: list[Tensor], coefficient: float) -> None:
 
 
 @torch.no_grad()
-def decoupled_decay_(params: list[Tensor], lr: float | Tensor, coefficient: float) -> None:
-    """``w ← w·(1 - lr·λ)`` in place (decoupled weight decay, as ``torch.optim.AdamW`` does before its update)."""
-    if params:
-        torch._foreach_mul_(params, 1.0 - lr * coefficient)
+def decoupled_decay_(
+    params: list[Tensor], lr: float | Tensor, coefficient: float, skipped: Tensor | None = None
+) -> None:
+    """``w ← w·(1 - lr·λ)`` in place (decoupled weight decay, as ``torch.optim.AdamW`` does before its update).
+
+    ``skipped``: a device flag (nonzero: the step will be skipped, e.g. by a ``GradScaler``); the weights are then left
+    unchanged, decided on the device (``torch.where``), without a host sync.
+    """
+    if not params:
+        return
+    factor = 1.0 - lr * coefficient
+    if skipped is not None:
+        factor = torch.where(skipped.to(params[0].device) > 0, 1.0, torch.as_tensor(factor, device=params[0].device))
+    torch._foreach_mul_(params, factor)
+
+
+def scaler_skips(trainer: pl.Trainer, optimizer: Optimizer) -> Tensor | None:
+    """A device flag, nonzero when the trainer's ``GradScaler`` found non-finite gradients for ``optimizer`` (it will
+    skip this step); ``None`` without a scaler or before it unscaled this optimizer's gradients.
+
+    Lightning's ``MixedPrecision`` unscales before ``on_before_optimizer_step``; the flags are the scaler's own
+    (``GradScaler._per_optimizer_states``, private to torch: if its layout changes, this returns ``None`` and the
+    shrink happens on skipped steps too).
+    """
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    states = getattr(scaler, "_per_optimizer_states", None)
+    found = states.get(id(optimizer), {}).get("found_inf_per_device") if isinstance(states, dict) else None
+    if not found:
+        return None
+    flags = list(found.values())
+    return torch.stack([f.to(flags[0].device) for f in flags]).sum()
 
 
 @torch.no_grad()
@@ -86,8 +114,18 @@ class WeightDecay(Callback):
       adds the same term. To clip the penalty's gradient too, list this callback *before*
       :class:`~lightning_tricks.callbacks.GradientClipping`.
     - ``mode="decoupled"``: ``w ← w·(1 - lr·λ)`` with each param group's current ``lr``, just before the optimizer's
-      update (exactly ``torch.optim.AdamW``'s rule, Loshchilov & Hutter 2019). Under ``16-mixed`` the shrink also
-      happens on the (rare) steps the gradient scaler skips.
+      update (exactly ``torch.optim.AdamW``'s rule, Loshchilov & Hutter 2019). Under ``16-mixed`` the steps the
+      ``GradScaler`` skips are not shrunk either (decided on the device from the scaler's own flag, no sync).
+
+    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    optimizer; each optimizer's parameters are decayed at that optimizer's steps only (a GAN's generator and
+    discriminator each at their own). Skipped batches (``training_step`` returning ``None``: no gradient) and
+    accumulation micro-batches are not decayed. Put :class:`~lightning_tricks.callbacks.GradientHealth` before this
+    callback so that an update it drops is not decayed either. ``weight_decay/penalty`` is logged once per logging
+    batch, over the decayed parameters of all optimizers.
+
+    Precision: every Lightning precision works. Sharded strategies (FSDP, DeepSpeed) are refused at ``setup``: they
+    flatten parameters into 1-D shards, so the bias / norm-layer exclusion cannot be applied.
 
     Cost: one fused ``_foreach_add_`` or ``_foreach_mul_`` per step; at logging steps one fused norm and one host copy.
     Put the optimizer's own ``weight_decay`` to 0 (a warning says so otherwise), or the decay is applied twice.
@@ -126,6 +164,16 @@ class WeightDecay(Callback):
         self._logged_step = -1
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded(
+            self,
+            trainer,
+            "it flattens parameters into 1-D shards, so biases and normalization layers cannot be told apart",
+            "Use the optimizer's own weight_decay (e.g. AdamW) with parameter groups.",
+        )
+        self._logged_step = -1  # a new fit's logging steps start again at 0
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._params = decay_parameters(pl_module, self.exclude_bias_and_norm)
         self._ids = {id(p) for p in self._params}
@@ -144,8 +192,9 @@ class WeightDecay(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        if trainer_logs_now(trainer) and self._logged_step != trainer.global_step:
-            self._logged_step = trainer.global_step
+        # once per logging batch, however many optimizers step in it
+        if trainer_logs_now(trainer) and self._logged_step != (step := logging_step(trainer)):
+            self._logged_step = step
             # Deliberate host sync, once per logging interval.
             penalty = l2_penalty(self._params, self.coefficient).item()
             pl_module.log("weight_decay/penalty", penalty, on_step=True, on_epoch=False)
@@ -155,9 +204,10 @@ class WeightDecay(Callback):
             params = [p for group in optimizer.param_groups for p in group["params"] if id(p) in self._ids]
             add_l2_gradient_(params, self.coefficient)
         else:
+            skipped = scaler_skips(trainer, optimizer)
             for group in optimizer.param_groups:
                 params = [p for p in group["params"] if p.grad is not None and id(p) in self._ids]
-                decoupled_decay_(params, group["lr"], self.coefficient)
+                decoupled_decay_(params, group["lr"], self.coefficient, skipped)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -278,6 +278,20 @@ class SkippingBoringModel(BoringModel):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class ScaledLossModel(SkippingBoringModel):
+    """``SkippingBoringModel`` whose loss is multiplied by ``loss_scale``: ``0`` leaves zero gradients (an optimizer
+    step then changes nothing by itself); ``30`` overflows fp16 at a GradScaler's initial scale ``2**16``, so the
+    scaler skips the first few steps."""
+
+    def __init__(self, loss_scale: float, skip_batches: Sequence[int] = (), lr: float = 0.1) -> None:
+        super().__init__(skip_batches, lr)
+        self.loss_scale = loss_scale
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        return None if out is None else {"loss": out["loss"] * self.loss_scale}
+
+
 class StepRecorder(Callback):
     """Ground truth for rule 7, per optimizer (by position in ``trainer.optimizers``), from torch's own optimizer
     hooks: ``lrs[i]`` the param groups' learning rates used by each real step (one with gradients) of optimizer ``i``

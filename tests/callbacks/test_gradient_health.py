@@ -13,6 +13,7 @@ import pytest
 import torch
 from _callback_helpers import (
     PRECISIONS,
+    ScaledLossModel,
     SkippingBoringModel,
     StepRecorder,
     TinyGAN,
@@ -420,17 +421,9 @@ def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
     assert cb._steps.counts == [2] and cb._opts[0].recorded == 1  # reused: fresh state; 8 batches = 2 steps
 
 
-class Overflowing(SkippingBoringModel):
-    """Its loss x 30 overflows fp16 at a GradScaler's initial scale 2**16: the scaler skips the first steps."""
-
-    def training_step(self, batch: Any, batch_idx: int) -> Any:
-        out = super().training_step(batch, batch_idx)
-        return {"loss": out["loss"] * 30}
-
-
 def test_scaler_overflow_is_not_a_nonfinite_gradient(tmp_path: Path) -> None:
     cb = GradientHealth(action="stop")
-    trainer, rows = csv_fit(tmp_path, cb, Overflowing(), **precision_options("16-mixed"))
+    trainer, rows = csv_fit(tmp_path, cb, ScaledLossModel(30.0), **precision_options("16-mixed"))
     counts = cb._opts[0].counts
     assert trainer.global_step == 8 and not trainer.should_stop  # the old code stopped at step 1
     assert counts["scaler_skipped_steps"] > 0 and counts["nonfinite_steps"] == counts["skipped_steps"] == 0

@@ -5,19 +5,27 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from _callback_helpers import (
     DEVICES,
+    PRECISIONS,
     TRAIN_ONLY_ON_CPU,
+    ScaledLossModel,
+    StepRecorder,
+    TinyGAN,
     callback_from_cli,
+    csv_fit,
     fixed_inputs,
     metrics_rows,
     no_host_sync,
+    precision_options,
     tiny_trainer,
 )
-from lightning.pytorch import seed_everything
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
@@ -127,7 +135,10 @@ def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypat
     grads = [model[0].weight.grad.clone(), model[2].weight.grad.clone()]
     bias = model[0].bias.detach().clone()
     trainer = SimpleNamespace(
-        loggers=[object()], _logger_connector=SimpleNamespace(should_update_logs=False), optimizers=[optimizer]
+        loggers=[object()],
+        _logger_connector=SimpleNamespace(should_update_logs=False),
+        optimizers=[optimizer],
+        precision_plugin=SimpleNamespace(scaler=None),
     )
     decay = WeightDecay(0.1, mode=mode)
     decay.on_fit_start(trainer, model)
@@ -214,3 +225,58 @@ def test_lightning_cli(tmp_path: Path) -> None:
         ],
     )
     assert (decay.coefficient, decay.mode, decay.exclude_bias_and_norm) == (0.05, "decoupled", False)
+
+
+# ------------------------------------------------------------------ rule 7: several optimizers; precision; sharding
+
+
+def test_gan_each_optimizer_decayed_at_its_own_steps_and_logged_once(tmp_path: Path) -> None:
+    """With zero gradients (SGD then changes nothing) each step of an optimizer shrinks ITS weights by (1 - lr·λ)."""
+    model = TinyGAN(lr=0.1, d_steps=2)
+    model.d_scale = 0.0  # the discriminator's gradients are zero; the generator's are not: it decays only by steps
+    start = model.discriminator.weight.detach().clone()
+    _, rows = csv_fit(tmp_path, WeightDecay(0.5, mode="decoupled"), model)
+    torch.testing.assert_close(model.discriminator.weight.detach(), start * 0.95**16)  # 2 critic steps per batch
+    assert [int(r["step"]) for r in rows if r.get("weight_decay/penalty")] == list(range(8))  # once per batch
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_every_precision(tmp_path: Path, precision: str, mode: str) -> None:
+    """Zero loss gradients: SGD's step is ``w -= lr·λ·w`` (l2) and the decoupled shrink is ``w *= 1 - lr·λ``: both
+    leave ``w·0.95**k`` after k steps, in the module's own precision."""
+    model = ScaledLossModel(0.0, skip_batches=[3])
+    start = model.layer.weight.detach().clone().double()
+    csv_fit(tmp_path, WeightDecay(0.5, mode=mode), model, **precision_options(precision))
+    tolerance = {"bf16-true": 5e-2, "16-true": 1e-2}.get(precision, 1e-5)  # 7 roundings of a half-precision w
+    torch.testing.assert_close(model.layer.weight.double(), start * 0.95**7, rtol=tolerance, atol=1e-6)
+    torch.testing.assert_close(model.layer.bias.double(), model.layer.bias.double())
+
+
+class _BatchEnds(Callback):
+    """At each batch end: the weights, and how many real steps the ``StepRecorder`` listed before it has seen."""
+
+    def __init__(self, recorder: StepRecorder) -> None:
+        self.recorder, self.seen = recorder, []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        self.seen.append((len(self.recorder.steps.get(0, [])), pl_module.layer.weight.detach().clone()))
+
+
+def test_decoupled_skips_the_steps_a_grad_scaler_skips(tmp_path: Path) -> None:
+    """Under 16-mixed the first steps overflow and the GradScaler skips them: the weights must not shrink there (the
+    old code shrank them on every skipped step)."""
+    recorder = StepRecorder()
+    ends = _BatchEnds(recorder)
+    callbacks = [WeightDecay(0.5, mode="decoupled"), recorder, ends]
+    csv_fit(tmp_path, callbacks, ScaledLossModel(30.0), **precision_options("16-mixed"))
+    skipped = [i for i in range(1, 8) if ends.seen[i][0] == ends.seen[i - 1][0]]
+    assert ends.seen[0][0] == 0 and skipped  # the scaler skipped batch 0 and at least one more
+    for i in skipped:
+        torch.testing.assert_close(ends.seen[i][1], ends.seen[i - 1][1], rtol=0, atol=0)
+
+
+def test_refuses_sharded_strategies() -> None:
+    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
+    with pytest.raises(MisconfigurationException, match="WeightDecay does not support the FSDPStrategy"):
+        WeightDecay().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
