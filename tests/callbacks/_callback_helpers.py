@@ -120,7 +120,8 @@ def read_rank_texts(folder: str | Path, prefix: str = "rank", world_size: int = 
 
 def tensors_digest(tensors: Iterable[torch.Tensor]) -> str:
     """SHA-256 of the tensors' bytes, in order: equal digests mean bitwise-equal tensors."""
-    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in tensors)).hexdigest()
+    raw = (t.detach().cpu().reshape(-1).contiguous().view(torch.uint8) for t in tensors)  # bf16 has no numpy dtype
+    return hashlib.sha256(b"".join(r.numpy().tobytes() for r in raw)).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------- LightningCLI

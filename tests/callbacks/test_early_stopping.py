@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 import torch
 from _callback_helpers import (
+    PRECISIONS,
     WITH_VALIDATION,
     ScriptedMetricModel,
     callback_from_cli,
     fixed_loader,
+    precision_options,
     read_rank_texts,
     tensors_digest,
     tiny_trainer,
@@ -239,3 +241,12 @@ def test_refuses_sharded_strategies_with_restore() -> None:
     trainer = SimpleNamespace(strategy=type("DeepSpeedStrategy", (), {})())
     with pytest.raises(MisconfigurationException, match="EarlyStopping does not support the DeepSpeedStrategy"):
         EarlyStopping("val_metric", restore_best_weights=True).setup(trainer, BoringModel(), "fit")  # type: ignore
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision(tmp_path: Path, precision: str) -> None:
+    stop = EarlyStopping("val_metric", patience=5, restore_best_weights=True)
+    model = ScriptedMetricModel([2.0, 1.0, 3.0])
+    _trainer(tmp_path, [stop], max_epochs=3, enable_checkpointing=False, **precision_options(precision)).fit(model)
+    assert stop.best_epoch == 1
+    _assert_weights(model, model.validated[1])  # bitwise, in the module's own dtype
