@@ -68,6 +68,10 @@ class EarlyStopping(_LightningEarlyStopping):
     on, and the restore at the end of training wins over EMA's own end-of-training copy. After ``fit`` the module
     holds the averaged weights of the best check, and ``trainer.validate()`` / ``trainer.test()`` evaluate them.
 
+    Steps: patience counts validation checks, not optimizer steps, so the package's step rule
+    (:mod:`lightning_tricks.callbacks._steps`) does not enter; several optimizers, accumulation and skipped batches
+    change nothing here. Every Lightning precision works (the copy keeps the module's dtype, or EMA's float32 average).
+
     A new ``fit`` without a checkpoint starts afresh (best score, patience counter, kept weights), as when a callback
     instance is reused with a new Trainer; a checkpoint restore comes after ``setup`` and wins.
 

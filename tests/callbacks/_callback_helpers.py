@@ -367,3 +367,23 @@ class ScriptedMetricModel(SkippingBoringModel):
 
     def test_dataloader(self) -> DataLoader:
         return fixed_loader(8, seed=4)
+
+
+def gan_resume_runs(
+    root: Path, make_callbacks: Callable[[], list[Callback]]
+) -> tuple[tuple[TinyGAN, list[Callback]], tuple[TinyGAN, list[Callback]]]:
+    """Train :class:`TinyGAN` for 2 epochs of 4 batches uninterrupted, and for 1 epoch then resumed from its
+    checkpoint for the second; returns ``(model, callbacks)`` of the uninterrupted and of the resumed run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(folder: str, epochs: int, ckpt_path: str | None = None) -> tuple[TinyGAN, list[Callback]]:
+        torch.manual_seed(0)  # the same initial weights in every run
+        model, callbacks = TinyGAN(), make_callbacks()
+        ckpt = ModelCheckpoint(dirpath=root / folder, save_top_k=-1, every_n_epochs=1)
+        options = {**TRAIN_ONLY_ON_CPU, "enable_checkpointing": True, "limit_train_batches": 4}
+        tiny_trainer(root / folder, [*callbacks, ckpt], max_epochs=epochs, **options).fit(model, ckpt_path=ckpt_path)
+        return model, callbacks
+
+    full = run("full", 2)
+    run("part", 1)
+    return full, run("resumed", 2, ckpt_path=str(root / "part" / "epoch=0-step=8.ckpt"))

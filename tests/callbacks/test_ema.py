@@ -17,6 +17,7 @@ from _callback_helpers import (
     callback_from_cli,
     csv_fit,
     fixed_loader,
+    gan_resume_runs,
     metrics_rows,
     precision_options,
     read_rank_texts,
@@ -291,3 +292,10 @@ def test_refuses_sharded_strategies() -> None:
     trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
     with pytest.raises(MisconfigurationException, match="EMA does not support the FSDPStrategy"):
         EMA().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
+
+
+def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    (full, (full_ema,)), (resumed, (resumed_ema,)) = gan_resume_runs(tmp_path, lambda: [EMA(decay=0.7, warmup=True)])
+    assert full_ema._updates == resumed_ema._updates == [8, 8]
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the averaged weights, copied in at the end

@@ -17,6 +17,7 @@ from _callback_helpers import (
     callback_from_cli,
     csv_fit,
     fixed_loader,
+    gan_resume_runs,
     metrics_rows,
     precision_options,
     read_rank_json,
@@ -261,3 +262,17 @@ def test_every_precision(tmp_path: Path, precision: str) -> None:
     # 16-mixed: the steps the GradScaler skips (its routine first overflow) do not advance the schedule
     assert len(lrs) == 8 or (precision == "16-mixed" and 4 <= len(lrs) < 8)
     assert trainer.global_step == 8
+
+
+def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """Each optimizer's step count is saved: the resumed run uses the same lrs (the old code derived its position
+    from the global step, which counts both optimizers)."""
+    (full, (_, full_rec)), (resumed, (_, resumed_rec)) = gan_resume_runs(
+        tmp_path,
+        lambda: [LRDecay(mode="linear", interval="step", total=8), StepRecorder()],  # (the 1-epoch run too)
+    )
+    for i in (0, 1):
+        assert [lrs[0] for lrs in full_rec.lrs[i]][4:] == [lrs[0] for lrs in resumed_rec.lrs[i]]
+        assert [lrs[0] for lrs in full_rec.lrs[i]] == pytest.approx([0.05 * (1 - k / 8) for k in range(8)])
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
