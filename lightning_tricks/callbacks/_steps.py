@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.optim import Optimizer
 
 StepListener = Callable[[int, int], None]
@@ -85,6 +86,12 @@ class OptimizerSteps:
         self._ids = {id(o): i for i, o in enumerate(optimizers)}
         self.counts = (self.counts + [0] * len(optimizers))[: len(optimizers)]
         for i, opt in enumerate(optimizers):
+            if not hasattr(opt, "register_step_post_hook"):  # e.g. an optimizer wrapper that is no torch Optimizer
+                raise MisconfigurationException(
+                    f"Optimizer {i} ({type(opt).__name__}) is not a `torch.optim.Optimizer`, so its steps cannot be"
+                    " counted (lightning_tricks counts steps with `register_step_post_hook`). Use a torch optimizer,"
+                    " or leave out the callbacks that count steps (EMA, GradientHealth, LRDecay(interval='step'))."
+                )
             self._handles.append(opt.register_step_post_hook(self._post_hook(i)))
 
     def detach(self) -> None:
