@@ -15,6 +15,7 @@ from _callback_helpers import (
     DEVICES,
     PRECISIONS,
     TRAIN_ONLY_ON_CPU,
+    ScaledLossModel,
     SkippingBoringModel,
     TinyGAN,
     callback_from_cli,
@@ -347,3 +348,14 @@ def test_refuses_sharded_strategies() -> None:
     trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})(), gradient_clip_val=None)
     with pytest.raises(MisconfigurationException, match="GradientClipping does not support the FSDPStrategy"):
         GradientClipping().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
+
+
+def test_reused_instance_starts_a_fresh_history(tmp_path: Path) -> None:
+    """A second fit with a new Trainer: AutoClip's threshold comes from the new fit's norms only."""
+    clip = GradientClipping(mode="auto", percentile=100)
+    csv_fit(tmp_path / "a", clip, ScaledLossModel(100.0))  # large norms that would keep the second fit unclipped
+    _, rows = csv_fit(tmp_path / "b", clip, SkippingBoringModel())
+    norms = [float(r["grad_clip/total_norm"]) for r in rows if r.get("grad_clip/total_norm")]
+    thresholds = [float(r["grad_clip/threshold"]) for r in rows if r.get("grad_clip/threshold")]
+    assert thresholds == pytest.approx([max(norms[: k + 1]) for k in range(8)], rel=1e-5)
+    assert clip.state_dict()["optimizers"][0]["num_steps"] == 8
