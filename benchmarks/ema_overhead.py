@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -83,7 +84,8 @@ def time_update(spec: dict[str, int], variant: str, calls: int) -> float:
     torch.manual_seed(0)
     model = MLP(**spec)
     callback = make_callback(variant)[0]
-    callback.setup(None, model, "fit")  # type: ignore[arg-type]  # WeightAveraging.setup needs only the module
+    trainer = SimpleNamespace(strategy=None, precision="32-true")  # setup reads only these (and the module)
+    callback.setup(trainer, model, "fit")  # type: ignore[arg-type]
     update = (
         (lambda: callback._update(model))
         if variant == "ours"

@@ -204,11 +204,13 @@ class EMA(WeightAveraging):
         self._module = None
         self._groups = None  # drop the references to the module's tensors
 
-    def _build_groups(self, pl_module: pl.LightningModule) -> dict[int, list[tuple[list[Tensor], list[Tensor]]]]:
+    def _build_groups(
+        self, pl_module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]
+    ) -> dict[int, list[tuple[list[Tensor], list[Tensor]]]]:
         """``{optimizer index: pairs}``, and ``-1`` for the buffers and the parameters no optimizer updates."""
-        assert self._average_model is not None and self._trainer_optimizers is not None
+        assert self._average_model is not None
         owner: dict[int, int] = {}
-        for i, opt in enumerate(self._trainer_optimizers):
+        for i, opt in enumerate(optimizers):
             for group in opt.param_groups:
                 for p in group["params"]:
                     owner.setdefault(id(p), i)
@@ -242,7 +244,7 @@ class EMA(WeightAveraging):
         if module is None or self._average_model is None or not self.should_update(step_idx=count - 1):
             return
         if self._groups is None:
-            self._groups = self._build_groups(module)
+            self._groups = self._build_groups(module, module.trainer.optimizers)
         self._last_decay[index] = self._update_group(index, self._updates[index])
         self._updates[index] += 1
         self._update_group(-1, self._rest_updates)
@@ -253,10 +255,13 @@ class EMA(WeightAveraging):
         self._average_model.n_averaged += 1  # device-side counter kept for AveragedModel's state; no sync
         self._num_updates += 1
 
-    @property
-    def _trainer_optimizers(self) -> list[torch.optim.Optimizer] | None:
-        module = self._module
-        return None if module is None else module.trainer.optimizers
+    def _update(self, module: torch.nn.Module) -> None:
+        """One update of every averaged tensor at once, outside a Trainer (``benchmarks/ema_overhead.py`` times it):
+        the work of one training step's update."""
+        if self._groups is None:
+            self._groups = self._build_groups(module, [])  # no optimizer: every tensor in the one group -1
+        self._update_group(-1, self._rest_updates)
+        self._rest_updates += 1
 
     def averaged_module(self) -> torch.nn.Module | None:
         """The module that validation inside ``fit`` evaluates instead of the LightningModule, or ``None`` before the
