@@ -34,6 +34,7 @@ from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 _ACTIONS = ("warn", "skip", "stop")
 _COUNTS = ("exploding_steps", "nonfinite_steps", "skipped_steps", "scaler_skipped_steps")
 _BUFFER_STEPS = 64  # "warn": checked steps buffered before they are diagnosed together
+_SCALER_STREAK = 32  # consecutive GradScaler-skipped steps that are no routine overflow (2**16 -> 1 takes 16)
 _REMEDIES = (
     "Classic remedies: normalization layers (batch / layer norm), a better initialization (Xavier / Kaiming, "
     "e.g. `WeightInit`), gradient clipping (e.g. `GradientClipping`), a lower learning rate, or an adaptive "
@@ -125,7 +126,8 @@ class GradientHealth(Callback):
 
     Precision: every Lightning precision works. Under ``16-mixed`` with a ``GradScaler``, non-finite gradients are
     the scaler's routine overflow (it skips that step and lowers its scale): they are counted as
-    ``scaler_skipped_steps``, never as non-finite or exploding, and never skip or stop anything. Norms of
+    ``scaler_skipped_steps``, never as non-finite or exploding, and never skip or stop anything; a warning says when
+    the scaler has skipped 32 checked steps in a row (seen at logging steps: a NaN loss, not an overflow). Norms of
     ``16-true`` / ``bf16-true`` gradients are taken in float32. Sharded strategies (FSDP, DeepSpeed) are refused at
     ``setup``: each rank holds only a shard of the gradients.
 
@@ -396,6 +398,15 @@ class GradientHealth(Callback):
         state.counts["exploding_steps"] += exploding
         state.counts["nonfinite_steps"] += nonfinite
         state.counts["scaler_skipped_steps"] += int(acc["scaler_skipped"])
+        # A GradScaler that skips every step is no longer a routine overflow: training is not moving (a NaN loss).
+        state.scaler_streak = state.scaler_streak + checks if int(acc["scaler_skipped"]) == checks else 0
+        if state.scaler_streak >= _SCALER_STREAK and not state.warned_streak:
+            state.warned_streak = True
+            rank_zero_warn(
+                f"GradientHealth{'' if len(self._opts) <= 1 else f' (optimizer {index})'}: the GradScaler skipped the"
+                f" last {state.scaler_streak} checked steps (non-finite gradients every time), so the weights are not"
+                f" being updated: the loss is probably NaN or inf, not an fp16 overflow. {_REMEDIES}."
+            )
         values = {"total_norm": total, "median_norm": median, "min_layer_ratio": acc["min_layer_ratio"]}
         values["vanishing_layers"] = float(len(vanishing))
         values.update({k: float(v) for k, v in state.counts.items()})
@@ -447,6 +458,8 @@ class _OptimizerHealth:
     interval: dict[str, Tensor] = field(default_factory=dict)  # device accumulators of the interval
     layers: list[str] = field(default_factory=list)  # layer names of the vanishing counts
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))  # running counts
+    scaler_streak: int = 0  # consecutive checked steps the GradScaler skipped (known at logging steps)
+    warned_streak: bool = False
     # "warn": checked steps not diagnosed yet (per-tensor gradient norms, one row per step, all of `layout`)
     rows: Tensor | None = None
     pending: int = 0
@@ -466,6 +479,7 @@ class _OptimizerHealth:
             "interval": {k: v.detach().cpu() for k, v in self.interval.items()},
             "layers": list(self.layers),
             "counts": dict(self.counts),
+            "scaler_streak": self.scaler_streak,
         }
 
     def load(self, entry: dict[str, Any], history: int) -> None:
@@ -478,3 +492,4 @@ class _OptimizerHealth:
         self.interval = {k: torch.as_tensor(v).clone() for k, v in entry.get("interval", {}).items()}
         self.layers = list(entry.get("layers", []))
         self.counts.update(entry.get("counts", {}))
+        self.scaler_streak = int(entry.get("scaler_streak", 0))

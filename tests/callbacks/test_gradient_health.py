@@ -446,3 +446,11 @@ def test_refuses_sharded_strategies() -> None:
     trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
     with pytest.raises(MisconfigurationException, match="GradientHealth does not support the FSDPStrategy"):
         GradientHealth().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
+
+
+def test_scaler_skipping_every_step_warns(tmp_path: Path) -> None:
+    """A NaN loss under 16-mixed: the scaler skips every step; 32 in a row are no routine overflow and are reported."""
+    cb = GradientHealth(action="stop")
+    with pytest.warns(UserWarning, match="GradScaler skipped the last 32 checked steps"):
+        trainer, _ = csv_fit(tmp_path, cb, ScaledLossModel(float("nan")), max_epochs=4, **precision_options("16-mixed"))
+    assert trainer.global_step == 32 and cb._opts[0].counts["scaler_skipped_steps"] == 32
