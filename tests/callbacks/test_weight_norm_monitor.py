@@ -12,6 +12,7 @@ import pytest
 import torch
 from _callback_helpers import (
     PRECISIONS,
+    TRAIN_ONLY_ON_CPU,
     SkippingBoringModel,
     TinyGAN,
     callback_from_cli,
@@ -269,3 +270,20 @@ def test_refuses_sharded_strategies() -> None:
     trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
     with pytest.raises(MisconfigurationException, match="WeightNormMonitor does not support the FSDPStrategy"):
         WeightNormMonitor().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
+
+
+def _histogram_tags(log_dir: str) -> set[str]:
+    acc = EventAccumulator(log_dir, size_guidance={"histograms": 0})
+    acc.Reload()
+    return set(acc.Tags()["histograms"])
+
+
+def test_gan_histograms_for_every_optimizer_and_reused_instance(tmp_path: Path) -> None:
+    """Histograms of both optimizers' parameters (the old code wrote only the first stepping optimizer's), and again
+    in a second fit with the same instance (the old code remembered epoch 0 as done)."""
+    monitor = WeightNormMonitor(log_every_n_steps=50)
+    for run in ("a", "b"):
+        logger = TensorBoardLogger(tmp_path, name=run)
+        tiny_trainer(tmp_path, monitor, logger=logger, **TRAIN_ONLY_ON_CPU).fit(TinyGAN())
+        tags = _histogram_tags(logger.log_dir)
+        assert {"weight_hist/generator.weight", "grad_hist/discriminator.weight"} <= tags, (run, sorted(tags))
