@@ -96,7 +96,8 @@ class LRDecay(Callback):
     mid-epoch is right too) and, with ``interval="step"``, right after each optimizer step (for the next one; an
     optimizer stepped several times per batch gets a new lr for each). Cost: a few Python float writes per step, no
     device work (a tensor ``lr`` is updated with ``fill_``, no sync). Works under every precision and strategy
-    (FSDP / DeepSpeed included: it only writes learning rates).
+    (FSDP / DeepSpeed included: it only writes learning rates; ``interval="step"`` counts steps with torch's
+    ``Optimizer.register_step_post_hook`` and refuses, at fit start, an optimizer that is no torch optimizer).
 
     A learning-rate scheduler returned by ``configure_optimizers`` would fight with this callback: that raises an
     error at ``on_fit_start`` (the first hook where the optimizers exist). Use one or the other.
@@ -210,7 +211,8 @@ class LRDecay(Callback):
             self.initial_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
         self._total = self._resolve_total(trainer)
         self._trainer = trainer
-        self._steps.attach(trainer)
+        if self.interval == "step":  # the epoch interval needs no step counts
+            self._steps.attach(trainer)
         if self._legacy_steps:  # older checkpoints: global_step counts all optimizers' steps together
             self._steps.counts = [trainer.global_step // max(len(trainer.optimizers), 1)] * len(trainer.optimizers)
             self._legacy_steps = False
