@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_tricks.callbacks._compiled import run_eagerly, strip_compiled_name
 from lightning_tricks.callbacks._monitoring import (
     is_logging_step,
     log_metrics,
@@ -108,13 +109,23 @@ class ActivationStats(Callback):
     statistics of all micro-batches of the logging step are merged. Logged from rank zero with rank zero's
     statistics (no cross-rank communication).
 
+    Compiled networks: a compiled graph does not call hooks registered on its inner modules, so on a logging step
+    the compiled parts (``torch.compile(net)`` children, ``net.compile()``, ``fit(torch.compile(model))``) run
+    eagerly, through their original modules, from ``on_train_batch_start`` to ``on_train_batch_end``; the compiled
+    code is put back unchanged afterwards. The logging step computes the same function at eager speed.
+
+    Precision and strategies: works under every precision (statistics in float32 of the layer outputs as the
+    precision plugin produced them) and every strategy, FSDP and DeepSpeed included (they shard parameters, not
+    activations; rank zero's statistics are logged).
+
     Cost: nothing on non-logging steps (one integer test in Python); on a logging step, a few reductions over each
     watched output (float32 copy of it, so up to one activation-sized temporary at a time) and one host sync.
 
     Source: Glorot & Bengio (AISTATS 2010) and He et al. (ICCV 2015) — activation variance through depth as the
     criterion for weight initialization; saturation of sigmoid / tanh units and dead ReLUs.
 
-    Logged keys (``<layer>`` is the module's qualified name in the LightningModule, e.g. ``net.0``):
+    Logged keys (``<layer>`` is the module's qualified name in the LightningModule, e.g. ``net.0``, without the
+    ``_orig_mod`` a ``torch.compile`` wrapper adds):
 
     - ``activation/<layer>/mean`` and ``activation/<layer>/std`` (every selected layer),
     - ``activation/<layer>/dead_fraction``: fraction of exact zeros in a ``ReLU`` / ``ReLU6`` output,
@@ -172,11 +183,13 @@ class ActivationStats(Callback):
         self._layers: dict[str, nn.Module] = {}
         self._handles: list[RemovableHandle] = []
         self._records: dict[str, tuple[Tensor, int]] = {}
+        self._restore_compiled: Any = None
 
     def select_layers(self, module: nn.Module) -> dict[str, nn.Module]:
         """The watched submodules of ``module`` by qualified name."""
         chosen = {}
         for name, sub in module.named_modules():
+            name = strip_compiled_name(name)
             if not name or not isinstance(sub, self.layer_types):
                 continue
             if self.include is not None and not _matches(name, self.include):
@@ -220,6 +233,7 @@ class ActivationStats(Callback):
     ) -> None:
         if self._handles or not self._layers or not self._is_logging_step(trainer):
             return
+        self._restore_compiled = run_eagerly(pl_module)  # hooks do not fire inside a compiled graph
         self._handles = [
             layer.register_forward_hook(self._hook(name, activation_kind(layer)))
             for name, layer in self._layers.items()
@@ -256,6 +270,9 @@ class ActivationStats(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._restore_compiled is not None:
+            self._restore_compiled()
+            self._restore_compiled = None
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

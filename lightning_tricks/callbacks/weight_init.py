@@ -8,8 +8,9 @@ counterexample: the activation scale grows like ``sqrt(width)`` per layer.
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatch
 from typing import Any, Literal, get_args
 
@@ -20,6 +21,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from typing_extensions import override
+
+from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._compiled import call_eagerly, strip_compiled_name
 
 Scheme = Literal[
     "uniform",
@@ -35,18 +39,29 @@ Scheme = Literal[
 ]
 Nonlinearity = Literal["linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu"]
 FanMode = Literal["fan_in", "fan_out"]
+ForwardFn = Callable[[nn.Module, Any], Any]
 
 # std of a unit normal truncated to [-2, 2]: dividing by it makes the truncated draw's variance 1 / fan_in.
 _TRUNC_STD = 0.87962566103423978
 
 
 def target_layers(
-    module: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+    module: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    include_frozen: bool = True,
 ) -> list[tuple[str, nn.Module]]:
-    """The Linear / Conv layers of ``module`` whose ``named_modules`` name matches ``include`` and not ``exclude``."""
+    """The Linear / Conv layers of ``module`` whose ``named_modules`` name matches ``include`` and not ``exclude``
+    (and, with ``include_frozen=False``, whose weight has ``requires_grad=True``).
+
+    Names are those of ``named_modules`` without the ``_orig_mod`` parts a ``torch.compile`` wrapper adds.
+    """
     layers = []
     for name, layer in module.named_modules():
+        name = strip_compiled_name(name)
         if not isinstance(layer, (nn.Linear, _ConvNd)):
+            continue
+        if not include_frozen and not layer.weight.requires_grad:
             continue
         if include is not None and not any(fnmatch(name, pattern) for pattern in include):
             continue
@@ -70,8 +85,10 @@ def init_layer_(
     nonlinearity: Nonlinearity = "relu",
     fan_mode: FanMode = "fan_in",
     generator: torch.Generator | None = None,
+    init_bias: bool = True,
 ) -> None:
-    """Initialize ``layer.weight`` in place by ``scheme`` (``lsuv``: its orthogonal start) and set the bias."""
+    """Initialize ``layer.weight`` in place by ``scheme`` (``lsuv``: its orthogonal start) and, with ``init_bias``,
+    set the bias."""
     weight, g = layer.weight, generator
     std = 1.0 / math.sqrt(fan_in(weight))
     if scheme == "uniform":
@@ -94,7 +111,7 @@ def init_layer_(
         nn.init.normal_(weight, 0.0, 1.0, generator=g)
     else:
         raise ValueError(f"Expected argument `scheme` to be one of {get_args(Scheme)}, but got {scheme!r}.")
-    if getattr(layer, "bias", None) is not None:
+    if init_bias and getattr(layer, "bias", None) is not None:
         nn.init.constant_(layer.bias, bias)
 
 
@@ -102,8 +119,12 @@ class _StopForward(Exception):
     """Raised by a forward hook once the layer of interest has produced its output."""
 
 
+def _call(model: nn.Module, inputs: Any, forward_fn: ForwardFn | None) -> Any:
+    return model(inputs) if forward_fn is None else forward_fn(model, inputs)
+
+
 @torch.no_grad()
-def _output_variance(model: nn.Module, layer: nn.Module, inputs: Any) -> float:
+def _output_variance(model: nn.Module, layer: nn.Module, inputs: Any, forward_fn: ForwardFn | None) -> float:
     captured: list[Tensor] = []
 
     def hook(_module: nn.Module, _args: Any, output: Tensor) -> None:
@@ -112,7 +133,7 @@ def _output_variance(model: nn.Module, layer: nn.Module, inputs: Any) -> float:
 
     handle = layer.register_forward_hook(hook)
     try:
-        model(inputs)
+        _call(model, inputs, forward_fn)
     except _StopForward:
         pass
     finally:
@@ -129,13 +150,18 @@ def lsuv_(
     layers: Sequence[tuple[str, nn.Module]],
     tolerance: float = 0.1,
     max_iters: int = 10,
+    forward_fn: ForwardFn | None = None,
 ) -> dict[str, float]:
     """Layer-sequential unit-variance scaling (Mishkin & Matas 2016), in place.
 
     In forward order, each layer's weight ``w0`` is set to ``w0 * s`` with ``s`` updated ``s /= sqrt(var)`` until the
-    variance of the layer's output on ``model(inputs)`` is within ``tolerance`` of 1 (at most ``max_iters``
-    rescalings). Call it on already (orthogonally) initialized layers. Returns each layer's final scale ``s``;
-    :func:`apply_scales_` reproduces the result bit for bit on an identical copy of the weights.
+    variance of the layer's output on ``model(inputs)`` (or ``forward_fn(model, inputs)``) is within ``tolerance`` of
+    1 (at most ``max_iters`` rescalings). Call it on already (orthogonally) initialized layers. Returns each layer's
+    final scale ``s``; :func:`apply_scales_` reproduces the result bit for bit on an identical copy of the weights.
+
+    Raises:
+        RuntimeError: When none of ``layers`` ran in the forward call (e.g. hooks do not fire inside a compiled graph:
+            call it under :func:`~lightning_tricks.callbacks._compiled.call_eagerly`).
     """
     order: list[nn.Module] = []
 
@@ -145,16 +171,21 @@ def lsuv_(
 
     handles = [layer.register_forward_hook(record) for _, layer in layers]
     try:
-        model(inputs)
+        _call(model, inputs, forward_fn)
     finally:
         for handle in handles:
             handle.remove()
+    if layers and not order:  # else LSUV would silently leave every weight unscaled
+        raise RuntimeError(
+            f"LSUV: none of the {len(layers)} selected layers ran in the forward call, so none can be rescaled"
+            " (is the forward compiled, or does it not reach these layers?)."
+        )
     names = {id(layer): name for name, layer in layers}
     scales: dict[str, float] = {}
     for layer in order:
         start, scale = layer.weight.detach().clone(), 1.0
         for iteration in range(max_iters + 1):
-            variance = _output_variance(model, layer, inputs)
+            variance = _output_variance(model, layer, inputs, forward_fn)
             if abs(variance - 1.0) <= tolerance or not math.isfinite(variance) or variance <= 0.0:
                 break
             if iteration == max_iters:
@@ -176,12 +207,41 @@ def apply_scales_(layers: Sequence[tuple[str, nn.Module]], scales: Mapping[str, 
             layer.weight.copy_(layer.weight * scales[name])
 
 
-def _batch_inputs(batch: Any) -> Any:
+def batch_inputs(batch: Any) -> Any:
+    """LSUV's default input: the batch itself (a tensor), its first element (tuple / list) or first value (dict)."""
     if isinstance(batch, Mapping):
         return next(iter(batch.values()))
     if isinstance(batch, (list, tuple)):
         return batch[0]
     return batch
+
+
+def default_forward(module: nn.Module, batch: Any) -> Any:
+    """LSUV's default ``lsuv_forward_fn``: ``module(batch_inputs(batch))``."""
+    return module(batch_inputs(batch))
+
+
+def resolve_forward_fn(value: ForwardFn | str | None) -> ForwardFn:
+    """``value`` itself, the callable at a dotted import path (``"package.module.function"``), or the default."""
+    if value is None:
+        return default_forward
+    if callable(value):
+        return value
+    if isinstance(value, str) and "." in value:
+        module_name, _, attribute = value.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"Expected argument `lsuv_forward_fn` to be a callable `(module, batch) -> output` or the dotted import"
+                f" path of one, but could not import {value!r}: {err}"
+            ) from err
+        if callable(found):
+            return found
+    raise ValueError(
+        "Expected argument `lsuv_forward_fn` to be a callable `(module, batch) -> output` or the dotted import path of"
+        f" one (e.g. 'my_project.init.run_generator'), but got {value!r}."
+    )
 
 
 class WeightInit(Callback):
@@ -204,7 +264,26 @@ class WeightInit(Callback):
     ``lsuv`` rescales in ``on_train_start`` on rank 0's first training batch (moved to the device, fetched under a
     forked RNG so the data order is unchanged), model in eval mode (no BatchNorm statistics change, no dropout); the
     scales are broadcast so every rank applies the same ones. It is skipped when resuming (``trainer.ckpt_path``).
-    The batch's inputs are the batch itself, its first element (tuple / list) or first value (dict).
+
+    LSUV's forward call: ``lsuv_forward_fn(pl_module, batch)``, by default ``pl_module(inputs)`` with the inputs the
+    batch itself, its first element (tuple / list) or first value (dict). Modules whose ``forward`` takes something
+    else pass their own, e.g. ``lambda m, batch: m(*batch)`` for a ``forward(inputs, target)``, or
+    ``lambda m, batch: m.generator(torch.randn(len(batch[0]), 64, device=m.device, dtype=m.dtype))`` for a GAN; from
+    LightningCLI / YAML give its dotted import path (``lsuv_forward_fn: my_project.init.run_generator``). The batch
+    is moved to the device and cast by the precision plugin (``convert_input``: bf16 under ``"bf16-true"``, float64
+    under ``"64-true"``) and the call runs in its ``forward_context`` (autocast under ``*-mixed``), as a training
+    step would. A compiled network (``torch.compile(net)``, ``net.compile()`` or ``fit(torch.compile(model))``) is
+    probed through its original modules, since hooks do not fire inside a compiled graph; the compiled code is left
+    as it was. A failing call raises a ``RuntimeError`` naming LSUV and ``lsuv_forward_fn``.
+
+    Frozen parameters: layers whose weight has ``requires_grad=False`` (a pretrained backbone being fine-tuned) are
+    left alone, and so are frozen biases; ``include_frozen=True`` initializes them too. The skipped layers are named
+    in an info line.
+
+    Precision and strategies: the data-free schemes run in float32 before the precision plugin converts the module,
+    so every precision works. Sharded strategies (FSDP, DeepSpeed, ModelParallel) work for the data-free schemes
+    (layers defined in ``__init__``, initialized before sharding; pass ``seed`` so every rank draws the same) and are
+    refused at ``setup`` for ``lsuv``, which rescales whole weight tensors that those strategies split across ranks.
 
     Cost: one pass over the weights at setup; ``lsuv`` adds up to ``layers * (lsuv_max_iters + 1)`` partial forward
     passes on one batch, once. Logs nothing (one info line with the number of layers initialized).
@@ -220,10 +299,16 @@ class WeightInit(Callback):
         gain: Scale of ``xavier_*`` and ``orthogonal``.
         lsuv_tolerance: Allowed distance of each layer's output variance from 1 (``> 0``).
         lsuv_max_iters: Most rescalings per layer (``>= 1``).
+        lsuv_forward_fn: ``(module, batch) -> output`` that runs the module on a batch for LSUV, or its dotted import
+            path; ``None``: :func:`default_forward`.
+        include_frozen: Also initialize parameters with ``requires_grad=False``.
 
     Raises:
         ValueError: On an unknown ``scheme``, ``nonlinearity`` or ``fan_mode``, a non-finite ``bias``, ``gain <= 0``,
-            ``lsuv_tolerance <= 0`` or ``lsuv_max_iters < 1``.
+            ``lsuv_tolerance <= 0``, ``lsuv_max_iters < 1`` or an ``lsuv_forward_fn`` that is neither callable nor
+            importable.
+        MisconfigurationException: At ``setup``, for ``lsuv`` under a sharded strategy.
+        RuntimeError: In ``on_train_start``, when LSUV's forward call fails or reaches none of the selected layers.
 
     Example::
 
@@ -246,6 +331,8 @@ class WeightInit(Callback):
         gain: float = 1.0,
         lsuv_tolerance: float = 0.1,
         lsuv_max_iters: int = 10,
+        lsuv_forward_fn: ForwardFn | str | None = None,
+        include_frozen: bool = False,
     ) -> None:
         for option, value, allowed in (
             ("scheme", scheme, get_args(Scheme)),
@@ -272,10 +359,16 @@ class WeightInit(Callback):
         self.gain = gain
         self.lsuv_tolerance = lsuv_tolerance
         self.lsuv_max_iters = lsuv_max_iters
+        self.lsuv_forward_fn = lsuv_forward_fn
+        self._forward_fn = resolve_forward_fn(lsuv_forward_fn)
+        self.include_frozen = include_frozen
+
+    def _layers(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
+        return target_layers(module, self.include, self.exclude, self.include_frozen)
 
     def init_module_(self, module: nn.Module) -> list[str]:
         """Apply the data-free part of the scheme to ``module`` in place; returns the initialized layer names."""
-        layers = target_layers(module, self.include, self.exclude)
+        layers = self._layers(module)
         generators: dict[torch.device, torch.Generator] = {}
         for name, layer in layers:
             if isinstance(layer.weight, nn.parameter.UninitializedParameter):
@@ -287,23 +380,40 @@ class WeightInit(Callback):
                 if device not in generators:
                     generators[device] = torch.Generator(device=device).manual_seed(self.seed)
                 generator = generators[device]
-            init_layer_(layer, self.scheme, self.bias, self.gain, self.nonlinearity, self.fan_mode, generator)
+            init_bias = self.include_frozen or getattr(layer.bias, "requires_grad", False)
+            init_layer_(
+                layer, self.scheme, self.bias, self.gain, self.nonlinearity, self.fan_mode, generator, init_bias
+            )
         return [name for name, _ in layers]
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if self.scheme == "lsuv":
+            refuse_sharded(
+                self,
+                trainer,
+                "LSUV rescales whole weight tensors, which this strategy splits across ranks",
+                "Use a data-free scheme such as WeightInit('orthogonal') or the 'ddp' strategy.",
+            )
         names = self.init_module_(pl_module)
         if not names:
             rank_zero_warn("WeightInit: no Linear / Conv layer matched `include` / `exclude`; nothing initialized.")
         rank_zero_info(f"WeightInit: {self.scheme} initialization of {len(names)} layers.")
+        if not self.include_frozen:
+            frozen = sorted(set(dict(target_layers(pl_module, self.include, self.exclude))) - set(names))
+            if frozen:
+                rank_zero_info(
+                    f"WeightInit: left {len(frozen)} frozen layers (requires_grad=False) alone: {', '.join(frozen)}."
+                    " Pass include_frozen=True to initialize them too."
+                )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.scheme != "lsuv" or trainer.ckpt_path is not None:
             return
-        layers = target_layers(pl_module, self.include, self.exclude)
+        layers = self._layers(pl_module)
         scales = None
         if trainer.is_global_zero:
             scales = self._lsuv_on_first_batch(trainer, pl_module, layers)
@@ -321,11 +431,24 @@ class WeightInit(Callback):
             loader = loader[0]
         with torch.random.fork_rng(devices=[]):  # iterating a shuffled loader draws a seed from the global RNG
             batch = next(iter(loader))
-        inputs = _batch_inputs(trainer.strategy.batch_to_device(batch))
+        precision = trainer.precision_plugin
+        batch = precision.convert_input(trainer.strategy.batch_to_device(batch))
         modes = {module: module.training for module in pl_module.modules()}
         pl_module.eval()
+
+        def probe() -> dict[str, float]:
+            with precision.forward_context():
+                return lsuv_(pl_module, batch, layers, self.lsuv_tolerance, self.lsuv_max_iters, self._forward_fn)
+
         try:
-            return lsuv_(pl_module, inputs, layers, self.lsuv_tolerance, self.lsuv_max_iters)
+            return call_eagerly(pl_module, probe)  # hooks do not fire inside a compiled graph
+        except Exception as err:
+            how = "pl_module(<the batch's inputs>)" if self.lsuv_forward_fn is None else repr(self.lsuv_forward_fn)
+            raise RuntimeError(
+                f"WeightInit(scheme='lsuv') could not run the model on the first training batch with {how}:"
+                f" {type(err).__name__}: {err}. Pass `lsuv_forward_fn`, a callable `(module, batch) -> output` (or its"
+                " dotted import path) that runs the module on a batch, e.g. `lambda m, batch: m(*batch)`."
+            ) from err
         finally:
             for module, training in modes.items():
                 module.train(training)

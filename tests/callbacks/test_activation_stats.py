@@ -34,7 +34,7 @@ class TinyNet(pl.LightningModule):
         self.hooks_seen: list[int] = []
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        self.hooks_seen.append(sum(len(m._forward_hooks) for m in self.net))
+        self.hooks_seen.append(sum(len(m._forward_hooks) for m in self.net.modules()))
         x, y = batch
         return nn.functional.binary_cross_entropy(self.net(x).float(), y)
 
@@ -210,6 +210,41 @@ def test_bf16_mixed(tmp_path: Path) -> None:
     tiny_trainer(tmp_path, limit_train_batches=2, precision="bf16-mixed", callbacks=[cb]).fit(TinyNet())
     assert cb.last_stats and all(math.isfinite(v) for v in cb.last_stats.values())
     assert cb.last_stats["activation/net.0/std"] > 0
+
+
+class LogAtStep(pl.Callback):
+    """Copies ``ActivationStats.last_stats`` after each batch (place it after the ActivationStats)."""
+
+    def __init__(self, stats: ActivationStats) -> None:
+        self.stats, self.seen = stats, []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        self.seen.append(dict(self.stats.last_stats))
+
+
+@pytest.mark.parametrize("how", ["child", "in_place", "lightning_module"])
+def test_compiled_network_logs_the_same_statistics(tmp_path: Path, how: str) -> None:
+    def run(compile_how: str | None) -> list[dict[str, float]]:
+        pl.seed_everything(0)
+        model = TinyNet()
+        model.net(torch.randn(2, 8))  # a forward before fit: hooks registered later never fire in compiled code
+        if compile_how == "child":
+            model.net = torch.compile(model.net, backend="aot_eager")  # type: ignore[assignment]
+        elif compile_how == "in_place":
+            model.net.compile(backend="aot_eager")
+        stats = ActivationStats(log_every_n_steps=2)
+        copy = LogAtStep(stats)
+        fitted = torch.compile(model, backend="aot_eager") if compile_how == "lightning_module" else model
+        tiny_trainer(tmp_path, limit_train_batches=4, callbacks=[stats, copy]).fit(fitted)  # type: ignore[arg-type]
+        if compile_how == "child":
+            assert type(model.net).__name__ == "OptimizedModule"  # compiled again after each logging step
+        return copy.seen
+
+    eager, compiled = run(None), run(how)
+    assert [set(s) for s in compiled] == [set(s) for s in eager] and "activation/net.1/dead_fraction" in eager[1]
+    assert eager[0] == {} and eager[1] == eager[2] != eager[3]  # logged after batches 1 and 3 (steps 2 and 4)
+    for a, b in zip(eager, compiled, strict=True):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
 
 
 def test_boring_model(tmp_path: Path) -> None:

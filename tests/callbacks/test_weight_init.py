@@ -13,20 +13,27 @@ import torch
 from _callback_helpers import (
     WITH_VALIDATION,
     callback_from_cli,
+    fixed_inputs,
     fixed_loader,
     read_rank_texts,
     tensors_digest,
     tiny_trainer,
     write_rank_text,
 )
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_tricks.callbacks import WeightInit
+from lightning_tricks.callbacks import WeightInit, _compat
 from lightning_tricks.callbacks.weight_init import apply_scales_, lsuv_, target_layers
+
+
+def call_with_target(module: nn.Module, batch: Any) -> Any:
+    """An ``lsuv_forward_fn`` for ``forward(inputs, target)``, importable as ``test_weight_init.call_with_target``."""
+    return module(*batch)
 
 
 class Net(BoringModel):
@@ -219,9 +226,108 @@ def test_ddp_lsuv_leaves_identical_weights(tmp_path: Path) -> None:
     assert len(set(read_rank_texts(tmp_path, "start"))) == 1  # ... yet DDP's + LSUV's broadcasts make them identical
 
 
+class TwoInputNet(Net):
+    """``forward(inputs, target)`` like Lightning's ``LightningTransformer``; batches are ``(inputs, target)``."""
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.layer(x) + 0 * target[:, None]
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self(*batch).sum()
+
+    def train_dataloader(self) -> DataLoader:
+        x = fixed_inputs(32, seed=1, scale=3)
+        return DataLoader(list(zip(x, torch.zeros(32), strict=True)), batch_size=8)
+
+
+class FirstLayerVariance(Callback):
+    """At ``on_train_start`` (place it after WeightInit): variance of ``layer[0]``'s output on the first batch."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        layer = pl_module.layer._orig_mod[0] if hasattr(pl_module.layer, "_orig_mod") else pl_module.layer[0]
+        x = next(iter(pl_module.train_dataloader()))
+        x = x[0] if isinstance(x, list) else x
+        with torch.no_grad():
+            self.variance = layer(x.to(layer.weight.dtype)).float().var().item()
+
+
+def _lsuv_variance(tmp_path: Path, model: Any, init: WeightInit, **trainer_options: Any) -> float:
+    probe = FirstLayerVariance()
+    _trainer(tmp_path, [init, probe], max_steps=1, **trainer_options).fit(model)
+    return probe.variance
+
+
+@pytest.mark.parametrize("forward_fn", [call_with_target, "test_weight_init.call_with_target"])
+def test_lsuv_forward_fn_callable_or_import_path(tmp_path: Path, forward_fn: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"WeightInit\(scheme='lsuv'\).*TypeError.*`lsuv_forward_fn`"):
+        _trainer(tmp_path, WeightInit("lsuv", seed=0)).fit(TwoInputNet())  # default call: model(inputs) only
+    init = WeightInit("lsuv", seed=0, lsuv_tolerance=0.05, lsuv_forward_fn=forward_fn)
+    assert abs(_lsuv_variance(tmp_path, TwoInputNet(), init) - 1) <= 0.05
+
+
+def test_lsuv_bf16_true_casts_the_batch(tmp_path: Path) -> None:
+    model = Net()
+    variance = _lsuv_variance(tmp_path, model, WeightInit("lsuv", seed=0), precision="bf16-true")
+    assert model.layer[0].weight.dtype == torch.bfloat16
+    assert abs(variance - 1) <= 0.15  # bf16 rounding of the rescaled weights
+
+
+@pytest.mark.parametrize("how", ["child", "in_place", "lightning_module"])
+def test_lsuv_on_compiled_network(tmp_path: Path, how: str) -> None:
+    model = Net()
+    if how == "child":
+        model.layer = torch.compile(model.layer, backend="aot_eager")  # type: ignore[assignment]
+    elif how == "in_place":
+        model.layer.compile(backend="aot_eager")
+    fitted = torch.compile(model, backend="aot_eager") if how == "lightning_module" else model
+    # The sanity check runs the compiled code before LSUV: hooks registered after that never fire in it.
+    variance = _lsuv_variance(tmp_path, fitted, WeightInit("lsuv", seed=0, lsuv_tolerance=0.05), num_sanity_val_steps=1)
+    assert abs(variance - 1) <= 0.05  # scaled, not just reported
+    if how == "child":
+        assert type(model.layer).__name__ == "OptimizedModule"  # compiled again after the probe
+    elif how == "in_place":
+        assert model.layer._compiled_call_impl is not None
+
+
+def test_lsuv_raises_when_no_selected_layer_runs() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with pytest.raises(RuntimeError, match="none of the 1 selected layers ran"):
+        lsuv_(model, torch.randn(8, 4), [("1", model[1])], forward_fn=lambda m, x: m[0](x))
+
+
+def test_frozen_layers_left_alone_unless_included(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for include_frozen in (False, True):
+        model = Net()
+        model.layer[0].requires_grad_(False)  # a "pretrained" first layer
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        init = WeightInit("standard_normal", bias=0.5, seed=0, include_frozen=include_frozen)
+        with caplog.at_level("INFO"):
+            _trainer(tmp_path, init, max_steps=0).fit(model)
+        frozen_same = torch.equal(model.layer[0].weight, before["layer.0.weight"])
+        assert frozen_same is not include_frozen
+        assert torch.equal(model.layer[0].bias, before["layer.0.bias"]) is not include_frozen
+        assert not torch.equal(model.layer[3].weight, before["layer.3.weight"])
+        assert torch.equal(model.layer[3].bias, torch.full((2,), 0.5))
+        said = "left 1 frozen layers (requires_grad=False) alone: layer.0" in caplog.text
+        assert said is not include_frozen
+        caplog.clear()
+
+
+def test_lsuv_refused_under_sharded_strategies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FSDP / DeepSpeed need a GPU; the refusal keys on the strategy's class name, so treat the CPU one as sharded.
+    monkeypatch.setattr(_compat, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
+    with pytest.raises(
+        MisconfigurationException, match=r"WeightInit does not support the SingleDeviceStrategy.*orthogonal"
+    ):
+        _trainer(tmp_path, WeightInit("lsuv")).fit(Net())
+    _trainer(tmp_path, WeightInit("orthogonal"), max_steps=0).fit(Net())  # data-free schemes are fine
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"lsuv_forward_fn": "no_such_module.fn"}, "`lsuv_forward_fn`.*could not import 'no_such_module.fn'"),
+        ({"lsuv_forward_fn": 3}, "`lsuv_forward_fn`.*callable.*but got 3"),
         ({"scheme": "he"}, "`scheme`.*xavier_uniform.*'he'"),
         ({"nonlinearity": "gelu"}, "`nonlinearity`.*relu.*'gelu'"),
         ({"fan_mode": "avg"}, "`fan_mode`.*fan_in.*'avg'"),
@@ -241,3 +347,9 @@ def test_lightning_cli() -> None:
          "--trainer.callbacks.exclude=[head]", "--trainer.callbacks.seed=1", "--trainer.logger=false"],
     )  # fmt: skip
     assert init.scheme == "lsuv" and init.exclude == ["head"] and init.seed == 1
+    init = callback_from_cli(
+        WeightInit,
+        ["--trainer.callbacks+=lightning_tricks.callbacks.WeightInit", "--trainer.callbacks.scheme=lsuv",
+         "--trainer.callbacks.lsuv_forward_fn=test_weight_init.call_with_target", "--trainer.logger=false"],
+    )  # fmt: skip
+    assert init._forward_fn is call_with_target
