@@ -202,6 +202,7 @@ class ActivationStats(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.last_stats = {}  # a reused instance reports only this fit's statistics
         self._layers = self.select_layers(pl_module)
         if not self._layers:
             rank_zero_warn(

@@ -123,7 +123,10 @@ class InputRangeCheck(Callback):
     together. Later batches cost nothing.
 
     The progress (batches checked, partial statistics, result) is saved in checkpoints; a check interrupted under
-    DDP resumes from rank zero's partial statistics on every rank.
+    DDP resumes from rank zero's partial statistics on every rank. Each ``fit`` starts a fresh check at ``setup``
+    (a reused instance checks the new run's data), then a checkpoint, if any, restores its progress.
+
+    Works under every precision (statistics in float32 of the input as the batch holds it) and every strategy.
 
     Source: LeCun et al., "Efficient BackProp" (1998), §4.3 — normalize the inputs.
 
@@ -169,11 +172,19 @@ class InputRangeCheck(Callback):
         self.action = action
         self.tolerance = tolerance
         self.batch_key = batch_key
+        self._reset()
+
+    def _reset(self) -> None:
         self.checked = 0
         self.count = 0
         self.stats: dict[str, float] | None = None
         self._acc: Tensor | None = None
         self._restored: list[float] | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a reused instance checks the new run's data; a checkpoint restores its progress later
+            self._reset()
 
     @property
     def done(self) -> bool:
