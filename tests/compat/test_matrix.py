@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _compat_matrix import (
@@ -15,8 +16,10 @@ from _compat_matrix import (
     fit,
     readme_with_table,
     run_cell,
+    run_ddp_stack,
     run_stack,
 )
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from lightning_tricks.callbacks import _compat
@@ -60,3 +63,28 @@ def test_sharded_strategies(case: str, tmp_path: Path, monkeypatch: pytest.Monke
     else:
         with pytest.raises(MisconfigurationException, match=f"^{case} does not support the SingleDeviceStrategy"):
             fit("accumulate", [callback], tmp_path, **CASES[case].trainer)
+
+
+@pytest.fixture(scope="module")
+def ddp_records(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MASTER_PORT", str(find_free_network_port()))
+        return run_ddp_stack(tmp_path_factory.mktemp("ddp"))
+
+
+def test_ddp_stack_with_batchnorm(ddp_records: list[dict[str, Any]]) -> None:
+    rank0, rank1 = ddp_records
+    assert rank0["start"] == rank1["start"]  # LSUV's scales broadcast: both ranks start from the same weights
+    assert rank0["params"] == rank1["params"]  # EMA's average of the synced weights, EarlyStopping's restore
+    assert rank0["steps"] == rank1["steps"] and len(rank0["steps"]) == 2  # one epoch of 2 batches per rank
+    lrs = [lrs[0] for _, lrs, _ in rank0["steps"]]
+    assert lrs == [0.1, 0.05] and max(norm for _, _, norm in rank0["steps"]) <= 1e-3 * 1.0001  # LRDecay, clipping
+    assert rank0["input_stats"] == rank1["input_stats"] and rank0["stopped_epoch"] == 0
+    families = {key.split("/")[0] for key in rank0["logged"]}
+    assert {"activation", "grad_norm", "grad_health", "weight_decay", "lr", "ema"} <= families
+
+
+@pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)
+def test_ddp_early_stopping_best_weights_same_on_every_rank(ddp_records: list[dict[str, Any]]) -> None:
+    assert ddp_records[0]["best_buffers"] is not None
+    assert ddp_records[0]["best_buffers"] == ddp_records[1]["best_buffers"]  # BatchNorm buffers too
