@@ -131,7 +131,7 @@ class Probe(Callback):
     def __init__(self, setting: Setting, keep_weights: bool = False) -> None:
         self.setting, self.keep_weights = setting, keep_weights
         self.steps: list[tuple[int, list[float], float]] = []
-        self.weights: list[dict[str, Tensor]] = []
+        self.weights: list[tuple[int, dict[str, Tensor]]] = []  # (optimizer index, weights after its step)
         self.input_ranges: list[tuple[float, float]] = []
         self._handles: list[Any] = []
 
@@ -140,11 +140,11 @@ class Probe(Callback):
         self.first_variance = self._first_layer_variance(trainer, pl_module)
         self.configured_lrs = [opt.defaults["lr"] for opt in trainer.optimizers]
         if self.keep_weights:
-            for opt in trainer.optimizers:
-                self._handles.append(opt.register_step_post_hook(lambda *_: self._keep(pl_module)))
+            for index, opt in enumerate(trainer.optimizers):
+                self._handles.append(opt.register_step_post_hook(partial(self._keep, index, pl_module)))
 
-    def _keep(self, pl_module: LightningModule) -> None:
-        self.weights.append({k: v.detach().clone() for k, v in pl_module.named_parameters()})
+    def _keep(self, index: int, pl_module: LightningModule, *_: Any) -> None:
+        self.weights.append((index, {k: v.detach().clone() for k, v in pl_module.named_parameters()}))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for handle in self._handles:
@@ -298,16 +298,26 @@ def check_weight_decay(run: Run) -> None:
     assert all(v > 0 for v in penalty.values())
 
 
+def _owners(run: Run) -> dict[str, int]:
+    """The index of the optimizer that steps each parameter."""
+    ids = {id(p): i for i, opt in enumerate(run.trainer.optimizers) for g in opt.param_groups for p in g["params"]}
+    return {name: ids[id(p)] for name, p in run.module.named_parameters() if id(p) in ids}
+
+
 def check_ema(run: Run) -> None:
-    decay = _find(run, EMA).decay
+    decay, owners = _find(run, EMA).decay, _owners(run)
     expected: dict[str, Tensor] = {}
-    for weights in run.probe.weights:  # one update after every optimizer step (of every optimizer)
+    for index, weights in run.probe.weights:  # each optimizer's parameters: an update right after each of its steps
         for name, value in weights.items():
+            if owners.get(name, index) != index:
+                continue
             expected[name] = value.double() if name not in expected else decay * expected[name] + (1 - decay) * value
     atol = 2e-2 if run.low_precision else 1e-5
     for name, param in run.module.named_parameters():
         assert torch.allclose(param.double(), expected[name], atol=atol), name  # the average is in the module
-    assert _logged_at_lightning_steps(run, "ema/decay")
+    count = len(run.trainer.optimizers)  # ema/decay/opt<i> per optimizer with several
+    for key in ["ema/decay"] if count == 1 else [f"ema/decay/opt{i}" for i in range(count)]:
+        assert set(_logged_at_lightning_steps(run, key).values()) == {decay}
 
 
 def _values_match_probe(run: Run, values: Mapping[int, float]) -> None:
@@ -327,9 +337,13 @@ def check_weight_norm_monitor(run: Run) -> None:
 
 
 def check_gradient_health(run: Run) -> None:
-    _values_match_probe(run, _logged_at_lightning_steps(run, "grad_health/total_norm"))
-    nonfinite = run.logged["grad_health/nonfinite_steps"]
-    assert max(nonfinite.values()) == 0 and run.trainer.global_step > 0
+    count = len(run.trainer.optimizers)  # with several optimizers every key ends in /opt<i>
+    for index in range(count):
+        suffix = f"/opt{index}" if count > 1 else ""
+        norms = [norm for i, _, norm in run.probe.steps if i == index]
+        for value in _logged_at_lightning_steps(run, f"grad_health/total_norm{suffix}").values():
+            assert any(_close(value, norm, run) for norm in norms), (index, value, norms)
+        assert max(run.logged[f"grad_health/nonfinite_steps{suffix}"].values()) == 0
 
 
 def check_activation_stats(run: Run) -> None:
@@ -420,6 +434,7 @@ CASES: dict[str, Case] = {
     "GradientHealth": Case(
         lambda s: GradientHealth("warn"),
         check_gradient_health,
+        pending=frozenset({"gan"}),
         sharded="a rank's norms cover only its shard",
         sharded_pending=True,
     ),
