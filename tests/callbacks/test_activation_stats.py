@@ -236,8 +236,12 @@ def test_compiled_network_logs_the_same_statistics(tmp_path: Path, how: str) -> 
         copy = LogAtStep(stats)
         fitted = torch.compile(model, backend="aot_eager") if compile_how == "lightning_module" else model
         tiny_trainer(tmp_path, limit_train_batches=4, callbacks=[stats, copy]).fit(fitted)  # type: ignore[arg-type]
-        if compile_how == "child":
-            assert type(model.net).__name__ == "OptimizedModule"  # compiled again after each logging step
+        if compile_how == "child":  # compiled again after each logging step
+            assert type(model.net).__name__ == "OptimizedModule"
+        elif compile_how == "in_place":
+            assert model.net._compiled_call_impl is not None
+        elif compile_how == "lightning_module":
+            assert model.training_step is not model._compiler_ctx["original_training_step"]  # type: ignore[index]
         return copy.seen
 
     eager, compiled = run(None), run(how)

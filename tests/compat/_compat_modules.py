@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchvision
 from lightning.pytorch import LightningModule
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.demos.transformer import LightningTransformer
@@ -111,6 +110,8 @@ class ResNet18(LightningModule):
 
     def __init__(self, frozen: bool = False) -> None:
         super().__init__()
+        import torchvision  # here: the ddp_spawn workers, which unpickle this module, need no torchvision
+
         self.net = torchvision.models.resnet18(num_classes=4)
         if frozen:  # a "pretrained" backbone being fine-tuned
             for name, param in self.net.named_parameters():
