@@ -159,6 +159,14 @@ class _RankRecorder(InputRangeCheck):
         write_rank_json(trainer.default_root_dir, trainer.global_rank, {"stats": self.stats, "problem": problem})
 
 
+def test_reused_instance_checks_the_second_fit(tmp_path: Path) -> None:
+    check = InputRangeCheck(expected=(0.0, 1.0), check_batches=2, action="raise")
+    tiny_trainer(tmp_path, check, limit_train_batches=3).fit(PixelNet())
+    assert check.done and check.stats["max"] <= 1.0
+    with pytest.raises(ValueError, match="divide by 255"):  # a new Trainer, raw pixels: checked, not "done" already
+        tiny_trainer(tmp_path, check, limit_train_batches=3).fit(PixelNet(scale=255))
+
+
 def test_ddp_ranks_agree(tmp_path: Path) -> None:
     # DistributedSampler (no shuffle) gives rank 1 the odd samples: only rank 1 sees values up to 255.
     cb = _RankRecorder(expected=(0.0, 1.0), check_batches=2)
