@@ -112,7 +112,9 @@ class ActivationStats(Callback):
     Compiled networks: a compiled graph does not call hooks registered on its inner modules, so on a logging step
     the compiled parts (``torch.compile(net)`` children, ``net.compile()``, ``fit(torch.compile(model))``) run
     eagerly, through their original modules, from ``on_train_batch_start`` to ``on_train_batch_end``; the compiled
-    code is put back unchanged afterwards. The logging step computes the same function at eager speed.
+    code is put back unchanged afterwards. The logging step computes the same function at eager speed. A network
+    inside ``torch.compile`` of a *function* cannot be run eagerly from outside: the hooks see nothing, and the
+    callback warns once instead of logging nothing in silence.
 
     Precision and strategies: works under every precision (statistics in float32 of the layer outputs as the
     precision plugin produced them) and every strategy, FSDP and DeepSpeed included (they shard parameters, not
@@ -184,6 +186,7 @@ class ActivationStats(Callback):
         self._handles: list[RemovableHandle] = []
         self._records: dict[str, tuple[Tensor, int]] = {}
         self._restore_compiled: Any = None
+        self._warned_silent = False
 
     def select_layers(self, module: nn.Module) -> dict[str, nn.Module]:
         """The watched submodules of ``module`` by qualified name."""
@@ -203,6 +206,7 @@ class ActivationStats(Callback):
         if stage != "fit":
             return
         self.last_stats = {}  # a reused instance reports only this fit's statistics
+        self._warned_silent = False
         self._layers = self.select_layers(pl_module)
         if not self._layers:
             rank_zero_warn(
@@ -248,6 +252,14 @@ class ActivationStats(Callback):
             return  # not a logging step, or more micro-batches of this step follow: keep the hooks
         self._remove_hooks()
         if not self._records:
+            if not self._warned_silent:  # e.g. a torch.compile'd function: its graph calls no module hooks
+                rank_zero_warn(
+                    f"ActivationStats: none of the {len(self._layers)} watched modules ran through its forward hooks in"
+                    f" this logging step, so nothing is logged. If they run inside `torch.compile` of a function"
+                    " (not of a module), compile the module instead (`torch.compile(net)` or `net.compile()`), which"
+                    " ActivationStats runs eagerly on logging steps."
+                )
+                self._warned_silent = True
             return
         names = list(self._records)
         moments = torch.stack([self._records[k][0] for k in names])

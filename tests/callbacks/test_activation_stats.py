@@ -251,6 +251,25 @@ def test_compiled_network_logs_the_same_statistics(tmp_path: Path, how: str) -> 
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
 
 
+class CompiledFunction(TinyNet):
+    """Runs its network through ``torch.compile`` of a function, which ActivationStats cannot undo."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_net = torch.compile(lambda x: self.net(x), backend="aot_eager")
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.binary_cross_entropy(self.run_net(x).float(), y)
+
+
+def test_compiled_function_warns_instead_of_logging_nothing(tmp_path: Path) -> None:
+    stats = ActivationStats(log_every_n_steps=2)
+    with pytest.warns(UserWarning, match="none of the 6 watched modules ran.*compile the module instead"):
+        tiny_trainer(tmp_path, limit_train_batches=4, callbacks=[stats]).fit(CompiledFunction())
+    assert stats.last_stats == {}
+
+
 def test_boring_model(tmp_path: Path) -> None:
     cb = ActivationStats(log_every_n_steps=1)
     tiny_trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())
