@@ -22,7 +22,7 @@ from _compat_matrix import (
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from lightning_tricks.callbacks import _compat
+from lightning_tricks.callbacks import WeightInit, _compat
 
 
 def _marks(case: str, setting: str) -> list[pytest.MarkDecorator]:
@@ -88,3 +88,10 @@ def test_ddp_stack_with_batchnorm(ddp_records: list[dict[str, Any]]) -> None:
 def test_ddp_early_stopping_best_weights_same_on_every_rank(ddp_records: list[dict[str, Any]]) -> None:
     assert ddp_records[0]["best_buffers"] is not None
     assert ddp_records[0]["best_buffers"] == ddp_records[1]["best_buffers"]  # BatchNorm buffers too
+
+
+@pytest.mark.parametrize("setting", ["gan", "transformer"])
+def test_lsuv_default_call_names_the_option(setting: str, tmp_path: Path) -> None:
+    # A generator takes noise, LightningTransformer.forward takes (inputs, target): LSUV's default call cannot fit.
+    with pytest.raises(RuntimeError, match=r"^WeightInit\(scheme='lsuv'\) could not run .*Pass `lsuv_forward_fn`"):
+        fit(setting, [WeightInit("lsuv")], tmp_path)
