@@ -50,6 +50,19 @@ class Plain(Boring):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class Validated(Plain):
+    """``Plain`` that logs ``val_loss`` (for ``EarlyStopping``) on its validation batches."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.loss(self(batch)))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_randn(4, 32, seed=1), batch_size=2)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
 class BoringBatchNorm(Plain):
     """``BoringModel`` with a BatchNorm layer: its buffers differ across DDP ranks unless something syncs them."""
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from _compat_matrix import (
     CASES,
     NEEDS_STEPS,
@@ -19,10 +20,12 @@ from _compat_matrix import (
     run_ddp_stack,
     run_stack,
 )
+from _compat_modules import Validated
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from lightning_tricks.callbacks import WeightInit, _compat
+from lightning_tricks.callbacks import EMA, EarlyStopping, WeightInit, _compat
 
 
 def _marks(case: str, setting: str) -> list[pytest.MarkDecorator]:
@@ -95,3 +98,41 @@ def test_lsuv_default_call_names_the_option(setting: str, tmp_path: Path) -> Non
     # A generator takes noise, LightningTransformer.forward takes (inputs, target): LSUV's default call cannot fit.
     with pytest.raises(RuntimeError, match=r"^WeightInit\(scheme='lsuv'\) could not run .*Pass `lsuv_forward_fn`"):
         fit(setting, [WeightInit("lsuv")], tmp_path)
+
+
+class WeightsSeen(Callback):
+    """The weights ``validate()`` and ``test()`` run with."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.seen["validate"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.seen["test"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+@pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)
+def test_ema_with_early_stopping_restore_in_either_order(tmp_path: Path) -> None:
+    finals = []
+    for order in ("ema_first", "early_stopping_first"):
+        seed_everything(0)
+        ema, stopper = EMA(decay=0.5), EarlyStopping("val_loss", patience=5, restore_best_weights=True)
+        seen, model = WeightsSeen(), Validated()
+        callbacks = [ema, stopper] if order == "ema_first" else [stopper, ema]
+        trainer = Trainer(
+            default_root_dir=tmp_path / order, accelerator="cpu", devices=1, max_epochs=3, limit_val_batches=2,
+            num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[*callbacks, seen],
+        )  # fmt: skip
+        trainer.fit(model)
+        final = {k: v.clone() for k, v in model.state_dict().items()}
+        trainer.validate(model, verbose=False)
+        trainer.test(model, verbose=False)
+        for name, value in final.items():  # the restored best weights, evaluated by validate() and test() alike
+            assert torch.equal(value, stopper.best_weights[name]), (order, name)
+            assert torch.equal(seen.seen["validate"][name], value) and torch.equal(seen.seen["test"][name], value)
+        finals.append(final)
+    for name, value in finals[0].items():
+        assert torch.equal(value, finals[1][name]), name  # the list order does not matter
