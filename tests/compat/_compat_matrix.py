@@ -258,11 +258,18 @@ def _logged_at_lightning_steps(run: Run, key: str) -> dict[int, float]:
     return values
 
 
+def _per_optimizer(run: Run, key: str) -> list[tuple[int, str]]:
+    """``(index, key)`` per optimizer: the callbacks append ``/opt<i>`` to their keys when there are several."""
+    count = len(run.trainer.optimizers)
+    return [(0, key)] if count == 1 else [(i, f"{key}/opt{i}") for i in range(count)]
+
+
 def check_clipping(run: Run) -> None:
     threshold = _find(run, GradientClipping).threshold
     assert run.probe.steps and max(run.grad_norms()) <= threshold * (1.02 if run.low_precision else 1.0001)
-    before = _logged_at_lightning_steps(run, "grad_clip/total_norm")
-    assert max(before.values()) > threshold  # the norms were above the threshold: clipping did something
+    for _, key in _per_optimizer(run, "grad_clip/total_norm"):
+        before = _logged_at_lightning_steps(run, key)
+        assert max(before.values()) > threshold  # the norms were above the threshold: clipping did something
 
 
 def check_lr_decay(run: Run) -> None:
@@ -315,8 +322,7 @@ def check_ema(run: Run) -> None:
     atol = 2e-2 if run.low_precision else 1e-5
     for name, param in run.module.named_parameters():
         assert torch.allclose(param.double(), expected[name], atol=atol), name  # the average is in the module
-    count = len(run.trainer.optimizers)  # ema/decay/opt<i> per optimizer with several
-    for key in ["ema/decay"] if count == 1 else [f"ema/decay/opt{i}" for i in range(count)]:
+    for _, key in _per_optimizer(run, "ema/decay"):
         assert set(_logged_at_lightning_steps(run, key).values()) == {decay}
 
 
@@ -337,13 +343,11 @@ def check_weight_norm_monitor(run: Run) -> None:
 
 
 def check_gradient_health(run: Run) -> None:
-    count = len(run.trainer.optimizers)  # with several optimizers every key ends in /opt<i>
-    for index in range(count):
-        suffix = f"/opt{index}" if count > 1 else ""
+    for index, key in _per_optimizer(run, "grad_health/total_norm"):
         norms = [norm for i, _, norm in run.probe.steps if i == index]
-        for value in _logged_at_lightning_steps(run, f"grad_health/total_norm{suffix}").values():
+        for value in _logged_at_lightning_steps(run, key).values():
             assert any(_close(value, norm, run) for norm in norms), (index, value, norms)
-        assert max(run.logged[f"grad_health/nonfinite_steps{suffix}"].values()) == 0
+        assert max(run.logged[key.replace("total_norm", "nonfinite_steps")].values()) == 0
 
 
 def check_activation_stats(run: Run) -> None:
@@ -386,6 +390,7 @@ CASES: dict[str, Case] = {
     "GradientClipping": Case(
         lambda s: GradientClipping("norm", threshold=1e-3),
         check_clipping,
+        pending=frozenset({"gan"}),
         sharded="a rank's total norm covers only its shard",
         sharded_pending=True,
     ),
