@@ -391,7 +391,8 @@ CASES: dict[str, Case] = {
         lambda s: GradientClipping("norm", threshold=1e-3),
         check_clipping,
         pending=frozenset({"gan"}),
-        sharded="a rank's total norm covers only its shard",
+        sharded="each rank holds only a shard of the gradients, so the norms and thresholds would be wrong;"
+        " use `Trainer(gradient_clip_val=...)`",
         sharded_pending=True,
     ),
     "LRDecay": Case(
@@ -406,7 +407,8 @@ CASES: dict[str, Case] = {
         ),
         check_early_stopping,
         trainer={"max_epochs": 2},
-        sharded="`restore_best_weights` copies whole weights, which a rank holds only a shard of",
+        sharded="with `restore_best_weights=True` each rank would keep and restore only its shard of the weights;"
+        " use `ModelCheckpoint(monitor=...)` and load the best checkpoint",
         sharded_pending=True,
     ),
     "WeightInit": Case(
@@ -418,7 +420,8 @@ CASES: dict[str, Case] = {
     "WeightDecay": Case(
         lambda s: WeightDecay(1e-2, mode="decoupled"),
         check_weight_decay,
-        sharded="the logged penalty would cover only a rank's shard",
+        sharded="flattened 1-D shards hide which parameters are biases and norm layers; use the optimizer's own"
+        " `weight_decay` with parameter groups",
         sharded_pending=True,
     ),
     "EMA": Case(
@@ -426,21 +429,24 @@ CASES: dict[str, Case] = {
         check_ema,
         keep_weights=True,
         pending=frozenset({"gan", "64-true", "bf16-true", "16-true", "reuse"}),
-        sharded="the average and its swaps copy whole weights, which a rank holds only a shard of",
+        sharded="the average would be a full, unsharded copy of the module on every rank; use DDP or Lightning's"
+        " `EMAWeightAveraging`",
         sharded_pending=True,
     ),
     "WeightNormMonitor": Case(
         lambda s: WeightNormMonitor(),
         check_weight_norm_monitor,
         pending=frozenset({"gan"}),
-        sharded="a rank's norms cover only its shard",
+        sharded="each rank holds only a shard of the weights and gradients, so the norms would be wrong; use DDP or"
+        " `lightning.pytorch.utilities.grad_norm`",
         sharded_pending=True,
     ),
     "GradientHealth": Case(
         lambda s: GradientHealth("warn"),
         check_gradient_health,
         pending=frozenset({"gan"}),
-        sharded="a rank's norms cover only its shard",
+        sharded="each rank holds only a shard of the gradients, so the norms and decisions would differ per rank;"
+        " use DDP",
         sharded_pending=True,
     ),
     "ActivationStats": Case(lambda s: ActivationStats(), check_activation_stats),
