@@ -50,7 +50,8 @@ from lightning_tricks.callbacks import (
     WeightNormMonitor,
 )
 from lightning_tricks.callbacks._compiled import call_eagerly
-from lightning_tricks.callbacks.weight_init import default_forward, target_layers
+from lightning_tricks.callbacks._lsuv import default_forward
+from lightning_tricks.callbacks.weight_init import target_layers
 
 ROOT = Path(__file__).resolve().parents[2]
 NEEDS_STEPS = "needs dropin-steps"  # faults fixed on the branch that owns the step rule / precision of these callbacks
