@@ -377,6 +377,7 @@ class Case:
     make: Callable[[Setting], Callback]
     check: Callable[[Run], None]
     refused: Mapping[str, str] = field(default_factory=dict)  # setting -> the start of the refusal's message
+    refused_when: str = "at fit start"  # when the refusal comes, for the README
     pending: frozenset[str] = frozenset()  # settings with a known fault fixed on another branch
     sharded: str = "supported"  # FSDP / DeepSpeed: "supported", or why it is refused at setup
     sharded_pending: bool = False  # the refusal is not there yet (another branch adds it)
@@ -455,6 +456,7 @@ CASES: dict[str, Case] = {
         lambda s: InputRangeCheck(expected=(-10.0, 10.0), check_batches=2, action="raise"),
         check_input_range,
         refused={"transformer": _NO_FLOAT_INPUT},
+        refused_when="at the first batch",
     ),
 }
 
@@ -550,7 +552,7 @@ def run_ddp_stack(folder: Path) -> list[dict[str, Any]]:
 
 def _cell_text(case: Case, setting_name: str) -> str:
     if setting_name in case.refused:
-        return f"refused: {case.refused[setting_name]}"
+        return f"refused {case.refused_when}: {case.refused[setting_name]}"
     return "not yet" if setting_name in case.pending else "works"
 
 
