@@ -13,6 +13,7 @@ from _compat_matrix import (
     ROOT,
     SETTINGS,
     STACK_PENDING,
+    STEP_RULE_LANDED,
     cells,
     fit,
     readme_with_table,
@@ -87,7 +88,7 @@ def test_ddp_stack_with_batchnorm(ddp_records: list[dict[str, Any]]) -> None:
     assert {"activation", "grad_norm", "grad_health", "weight_decay", "lr", "ema"} <= families
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)
+@pytest.mark.xfail(not STEP_RULE_LANDED, strict=True, reason=NEEDS_STEPS)
 def test_ddp_early_stopping_best_weights_same_on_every_rank(ddp_records: list[dict[str, Any]]) -> None:
     assert ddp_records[0]["best_buffers"] is not None
     assert ddp_records[0]["best_buffers"] == ddp_records[1]["best_buffers"]  # BatchNorm buffers too
@@ -113,7 +114,7 @@ class WeightsSeen(Callback):
         self.seen["test"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)
+@pytest.mark.xfail(not STEP_RULE_LANDED, strict=True, reason=NEEDS_STEPS)
 def test_ema_with_early_stopping_restore_in_either_order(tmp_path: Path) -> None:
     finals = []
     for order in ("ema_first", "early_stopping_first"):
