@@ -14,7 +14,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -565,17 +565,27 @@ def _cell_text(case: Case, setting_name: str) -> str:
     return "not yet" if setting_name in case.pending else "works"
 
 
+def _stack_text(not_yet: Iterable[bool]) -> str:
+    names = [name for name, pending in zip(CASES, not_yet, strict=True) if pending]
+    return "works" if not names else f"runs; {', '.join(names)} not yet"
+
+
 def markdown_table() -> str:
     """The README's compatibility table: a row per setting (DDP and FSDP / DeepSpeed last), a column per callback."""
     header = ["setting", *(f"`{name}`" for name in CASES), "all together"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting_name, setting in SETTINGS.items():
-        stack = "not yet" if setting_name in STACK_PENDING else "works"
+        stack = (
+            "not yet"
+            if setting_name in STACK_PENDING
+            else _stack_text(setting_name in c.pending for c in CASES.values())
+        )
         lines.append(
             f"| {setting.label} | " + " | ".join([*(_cell_text(c, setting_name) for c in CASES.values()), stack]) + " |"
         )
     ddp = ["not yet" if name in DDP_PENDING else "works" for name in CASES]
-    lines.append("| DDP, 2 processes (`ddp_spawn`), BatchNorm | " + " | ".join([*ddp, "works"]) + " |")
+    stack = _stack_text(name in DDP_PENDING for name in CASES)
+    lines.append("| DDP, 2 processes (`ddp_spawn`), BatchNorm | " + " | ".join([*ddp, stack]) + " |")
     sharded = []
     for case in CASES.values():
         text = "supported" if case.sharded == "supported" else f"refused at setup: {case.sharded}"
