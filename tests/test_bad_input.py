@@ -69,6 +69,7 @@ INVALID: dict[str, list[Any]] = {
     "gain": [0.0, -1.0],
     "lsuv_tolerance": [0.0, -0.1],
     "lsuv_max_iters": [0],
+    "lsuv_forward_fn": [3, "no_such_module.run", "not-a-path"],
     "coefficient": [-1e-4],
     "decay": [-0.1, 1.5],
     "update_every_n_steps": [0],
