@@ -3,8 +3,7 @@
 One table drives both the tests (``test_matrix.py``: one cell = one short ``fit`` whose result is checked against
 what the callback documents) and the README's "Compatibility" table (:func:`markdown_table`; ``python
 tests/compat/_compat_matrix.py`` rewrites it, a test checks it is current). A cell is "works" unless the callback
-lists the setting in ``refused`` (then the fit must raise that message) or in ``pending`` (a known fault another
-branch fixes: the test is a strict xfail, the README says "not yet").
+lists the setting in ``refused``: then the fit must raise that message.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,17 +53,6 @@ from lightning_tricks.callbacks._lsuv import default_forward
 from lightning_tricks.callbacks.weight_init import target_layers
 
 ROOT = Path(__file__).resolve().parents[2]
-NEEDS_STEPS = "needs dropin-steps"  # faults fixed on the branch that owns the step rule / precision of these callbacks
-STEP_RULE_LANDED = False
-"""Set to ``True`` once the ``dropin-steps`` branch is on main (then rerun this file to refresh the README): the
-cells it fixes stop being strict xfails and must pass."""
-
-
-def not_yet(*settings: str) -> frozenset[str]:
-    """The settings a callback does not serve yet, until the ``dropin-steps`` branch lands."""
-    return frozenset() if STEP_RULE_LANDED else frozenset(settings)
-
-
 # ------------------------------------------------------------------------------------------------------- settings
 
 
@@ -387,30 +375,24 @@ class Case:
     check: Callable[[Run], None]
     refused: Mapping[str, str] = field(default_factory=dict)  # setting -> the start of the refusal's message
     refused_when: str = "at fit start"  # when the refusal comes, for the README
-    pending: frozenset[str] = frozenset()  # settings with a known fault fixed on another branch
     sharded: str = "supported"  # FSDP / DeepSpeed: "supported", or why it is refused at setup
-    sharded_pending: bool = False  # the refusal is not there yet (another branch adds it)
     keep_weights: bool = False
     trainer: Mapping[str, Any] = field(default_factory=dict)
 
 
-DDP_PENDING = not_yet("EarlyStopping")  # its saved best weights hold BatchNorm buffers that differ across ranks
 _NO_FLOAT_INPUT = "InputRangeCheck found no floating-point input tensor in the batch"
 
 CASES: dict[str, Case] = {
     "GradientClipping": Case(
         lambda s: GradientClipping("norm", threshold=1e-3),
         check_clipping,
-        pending=not_yet("gan"),
         sharded="each rank holds only a shard of the gradients, so the norms and thresholds would be wrong;"
         " use `Trainer(gradient_clip_val=...)`",
-        sharded_pending=not STEP_RULE_LANDED,
     ),
     "LRDecay": Case(
         lambda s: LRDecay("exponential", gamma=0.5, interval="step"),
         check_lr_decay,
         refused={"boring": "`LRDecay` sets the learning rate itself, but `configure_optimizers` also returned"},
-        pending=not_yet("gan", "reuse"),
     ),
     "EarlyStopping": Case(
         lambda s: EarlyStopping(
@@ -420,7 +402,6 @@ CASES: dict[str, Case] = {
         trainer={"max_epochs": 2},
         sharded="with `restore_best_weights=True` each rank would keep and restore only its shard of the weights;"
         " use `ModelCheckpoint(monitor=...)` and load the best checkpoint",
-        sharded_pending=not STEP_RULE_LANDED,
     ),
     "WeightInit": Case(
         lambda s: WeightInit("lsuv", seed=0, lsuv_forward_fn=s.forward_fn),
@@ -433,32 +414,25 @@ CASES: dict[str, Case] = {
         check_weight_decay,
         sharded="flattened 1-D shards hide which parameters are biases and norm layers; use the optimizer's own"
         " `weight_decay` with parameter groups",
-        sharded_pending=not STEP_RULE_LANDED,
     ),
     "EMA": Case(
         lambda s: EMA(decay=0.5),
         check_ema,
         keep_weights=True,
-        pending=not_yet("gan", "64-true", "bf16-true", "16-true", "reuse"),
         sharded="the average would be a full, unsharded copy of the module on every rank; use DDP or Lightning's"
         " `EMAWeightAveraging`",
-        sharded_pending=not STEP_RULE_LANDED,
     ),
     "WeightNormMonitor": Case(
         lambda s: WeightNormMonitor(),
         check_weight_norm_monitor,
-        pending=not_yet("gan"),
         sharded="each rank holds only a shard of the weights and gradients, so the norms would be wrong; use DDP or"
         " `lightning.pytorch.utilities.grad_norm`",
-        sharded_pending=not STEP_RULE_LANDED,
     ),
     "GradientHealth": Case(
         lambda s: GradientHealth("warn"),
         check_gradient_health,
-        pending=not_yet("gan"),
         sharded="each rank holds only a shard of the gradients, so the norms and decisions would differ per rank;"
         " use DDP",
-        sharded_pending=not STEP_RULE_LANDED,
     ),
     "ActivationStats": Case(lambda s: ActivationStats(), check_activation_stats),
     "InputRangeCheck": Case(
@@ -480,7 +454,6 @@ def cells() -> list[tuple[str, str]]:
 STACK = ("WeightInit", "InputRangeCheck", "GradientClipping", "WeightDecay", "LRDecay", "EMA", "EarlyStopping",
          "WeightNormMonitor", "GradientHealth", "ActivationStats")  # fmt: skip
 _STACK_SKIPS_CHECK = {"EMA", "EarlyStopping", "WeightNormMonitor"}
-STACK_PENDING = not_yet("64-true", "bf16-true", "16-true")  # EMA raises there (dtype of its average)
 
 
 def run_stack(setting_name: str, root: Path) -> Run:
@@ -489,7 +462,7 @@ def run_stack(setting_name: str, root: Path) -> Run:
     callbacks = [CASES[name].make(SETTINGS[setting_name]) for name in names]
     run = fit(setting_name, callbacks, root, max_epochs=2)
     for name in names:
-        if name not in _STACK_SKIPS_CHECK and setting_name not in CASES[name].pending:
+        if name not in _STACK_SKIPS_CHECK:
             CASES[name].check(run)
     assert run.keys("grad_norm/") and run.keys("ema/") and run.trainer.should_stop  # the others ran too
     return run
@@ -562,12 +535,7 @@ def run_ddp_stack(folder: Path) -> list[dict[str, Any]]:
 def _cell_text(case: Case, setting_name: str) -> str:
     if setting_name in case.refused:
         return f"refused {case.refused_when}: {case.refused[setting_name]}"
-    return "not yet" if setting_name in case.pending else "works"
-
-
-def _stack_text(not_yet: Iterable[bool]) -> str:
-    names = [name for name, pending in zip(CASES, not_yet, strict=True) if pending]
-    return "works" if not names else f"runs; {', '.join(names)} not yet"
+    return "works"
 
 
 def markdown_table() -> str:
@@ -575,21 +543,12 @@ def markdown_table() -> str:
     header = ["setting", *(f"`{name}`" for name in CASES), "all together"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting_name, setting in SETTINGS.items():
-        stack = (
-            "not yet"
-            if setting_name in STACK_PENDING
-            else _stack_text(setting_name in c.pending for c in CASES.values())
-        )
-        lines.append(
-            f"| {setting.label} | " + " | ".join([*(_cell_text(c, setting_name) for c in CASES.values()), stack]) + " |"
-        )
-    ddp = ["not yet" if name in DDP_PENDING else "works" for name in CASES]
-    stack = _stack_text(name in DDP_PENDING for name in CASES)
-    lines.append("| DDP, 2 processes (`ddp_spawn`), BatchNorm | " + " | ".join([*ddp, stack]) + " |")
-    sharded = []
-    for case in CASES.values():
-        text = "supported" if case.sharded == "supported" else f"refused at setup: {case.sharded}"
-        sharded.append(f"not yet ({text})" if case.sharded_pending else text)
+        cells = [_cell_text(case, setting_name) for case in CASES.values()]
+        lines.append(f"| {setting.label} | " + " | ".join([*cells, "works"]) + " |")
+    lines.append("| DDP, 2 processes (`ddp_spawn`), BatchNorm | " + " | ".join(["works"] * (len(CASES) + 1)) + " |")
+    sharded = [
+        "supported" if case.sharded == "supported" else f"refused at setup: {case.sharded}" for case in CASES.values()
+    ]
     lines.append("| FSDP / DeepSpeed (GPU only) | " + " | ".join([*sharded, ""]) + " |")
     return "\n".join(lines)
 

@@ -9,11 +9,8 @@ import pytest
 import torch
 from _compat_matrix import (
     CASES,
-    NEEDS_STEPS,
     ROOT,
     SETTINGS,
-    STACK_PENDING,
-    STEP_RULE_LANDED,
     cells,
     fit,
     readme_with_table,
@@ -29,13 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from lightning_tricks.callbacks import EMA, EarlyStopping, WeightInit, _compat
 
 
-def _marks(case: str, setting: str) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)] if setting in CASES[case].pending else []
-
-
-@pytest.mark.parametrize(
-    ("case", "setting"), [pytest.param(c, s, id=f"{c}-{s}", marks=_marks(c, s)) for c, s in cells()]
-)
+@pytest.mark.parametrize(("case", "setting"), [pytest.param(c, s, id=f"{c}-{s}") for c, s in cells()])
 def test_cell(case: str, setting: str, tmp_path: Path) -> None:
     run_cell(case, setting, tmp_path)
 
@@ -45,18 +36,12 @@ def test_readme_table_is_current() -> None:
     assert readme_with_table(readme) == readme, "run `python tests/compat/_compat_matrix.py` to update the README"
 
 
-@pytest.mark.parametrize(
-    "setting", [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)) if s in STACK_PENDING else s
-                for s in SETTINGS]
-)  # fmt: skip
+@pytest.mark.parametrize("setting", list(SETTINGS))
 def test_stack(setting: str, tmp_path: Path) -> None:
     run_stack(setting, tmp_path)
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=NEEDS_STEPS)) if CASES[c].sharded_pending
-             else c for c in CASES]
-)  # fmt: skip
+@pytest.mark.parametrize("case", list(CASES))
 def test_sharded_strategies(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # FSDP and DeepSpeed need a GPU. The refusals key on the strategy's class name (`_compat.SHARDED_STRATEGIES`),
     # so the CPU strategy is declared sharded here: a refusing callback must raise at setup, the others must run.
@@ -88,7 +73,6 @@ def test_ddp_stack_with_batchnorm(ddp_records: list[dict[str, Any]]) -> None:
     assert {"activation", "grad_norm", "grad_health", "weight_decay", "lr", "ema"} <= families
 
 
-@pytest.mark.xfail(not STEP_RULE_LANDED, strict=True, reason=NEEDS_STEPS)
 def test_ddp_early_stopping_best_weights_same_on_every_rank(ddp_records: list[dict[str, Any]]) -> None:
     assert ddp_records[0]["best_buffers"] is not None
     assert ddp_records[0]["best_buffers"] == ddp_records[1]["best_buffers"]  # BatchNorm buffers too
@@ -114,7 +98,6 @@ class WeightsSeen(Callback):
         self.seen["test"] = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
-@pytest.mark.xfail(not STEP_RULE_LANDED, strict=True, reason=NEEDS_STEPS)
 def test_ema_with_early_stopping_restore_in_either_order(tmp_path: Path) -> None:
     finals = []
     for order in ("ema_first", "early_stopping_first"):
