@@ -449,8 +449,8 @@ def cells() -> list[tuple[str, str]]:
 
 
 # The realistic stack, in the order a project would list them. EMA and EarlyStopping(restore_best_weights) both
-# write the final weights (their interplay is their own cell); so are the monitors' exact values, which depend on
-# the list order (WeightNormMonitor documents norms before clipping): the stack checks the rest.
+# write the final weights (their interplay has its own test), and WeightNormMonitor's values depend on the list order
+# (it documents norms before clipping, here it comes after): the stack checks every other callback's behaviour.
 STACK = ("WeightInit", "InputRangeCheck", "GradientClipping", "WeightDecay", "LRDecay", "EMA", "EarlyStopping",
          "WeightNormMonitor", "GradientHealth", "ActivationStats")  # fmt: skip
 _STACK_SKIPS_CHECK = {"EMA", "EarlyStopping", "WeightNormMonitor"}
