@@ -1,6 +1,6 @@
 """Per-step overhead of every callback of ``lightning_tricks.callbacks``, each alone and all together, on vs off.
 
-Configurations: ``off`` (no callback of this package), each of the ten callbacks alone (``CALLBACKS`` below: the
+Configurations: ``off`` (no callback of this package), each of the package's callbacks alone (``CALLBACKS`` below: the
 options are the defaults except where a per-step choice makes the cost visible, e.g. ``LRDecay(interval="step")``),
 and ``all`` of them at once. Each is one ``Trainer.fit`` of ``--steps`` steps of the package's ``Classifier`` with a
 ``TensorBoardLogger`` and Lightning's default ``log_every_n_steps=50``; batches are pre-built on the device (no data
@@ -60,6 +60,7 @@ CALLBACKS: dict[str, dict[str, Any]] = {
     "GradientHealth": {},
     "ActivationStats": {},
     "InputRangeCheck": {},
+    "RNGStateCheckpoint": {},
 }
 SETTINGS = {
     "cpu-mlp": {"model": MLPClassifier, "model_args": {"hidden_sizes": [256, 256]}, "batch_size": 128},

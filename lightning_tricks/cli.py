@@ -36,14 +36,17 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -193,6 +196,114 @@ class SigtermCheckpoint(Callback):
         )
 
 
+def tensorboard_version_of(checkpoint_path: str, logger: TensorBoardLogger) -> int | str | None:
+    """The version (folder) of ``logger`` that wrote ``checkpoint_path``, or ``None`` when it cannot be told.
+
+    A checkpoint at ``<save_dir>/<name>/<version folder>/checkpoints/*.ckpt`` (where a ``ModelCheckpoint`` without
+    ``dirpath`` writes) belongs to that folder; any other checkpoint is read (memory-mapped) for the version that
+    :class:`ContinueTensorBoardRun` recorded in it.
+    """
+    path = Path(checkpoint_path)
+    if path.parent.name == "checkpoints" and Path(os.path.abspath(path.parent.parent.parent)) == Path(
+        os.path.abspath(logger.root_dir)
+    ):
+        folder = path.parent.parent.name
+        number = folder.removeprefix("version_")
+        return int(number) if folder.startswith("version_") and number.isdigit() else folder
+    if "://" in checkpoint_path or not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # not ours to judge here: Lightning reports an unreadable checkpoint when it loads it
+        return None
+    state = checkpoint.get("callbacks", {}).get(ContinueTensorBoardRun.__qualname__, {})
+    return state.get("version")
+
+
+class ContinueTensorBoardRun(Callback):
+    """Make a resumed ``fit`` one continuous TensorBoard run with the run it resumes.
+
+    ``lightning-tricks fit`` gives the logger the checkpoint's version (:func:`tensorboard_version_of`), so the
+    resumed run writes into the same folder. This callback (added by ``fit``) then: records the logger's version in
+    every checkpoint (for checkpoints kept outside the version folder); flushes the event file when a checkpoint is
+    saved, so that the steps before it survive a SIGKILL; and, when a run resumes, writes a ``SessionLog.START``
+    event at the first step it will log. TensorBoard's event reader drops every earlier event of that folder at or
+    after a ``START`` step (``EventAccumulator._CheckForRestartAndMaybePurge``, TensorFlow's own convention for
+    restarts): the steps the interrupted run logged after its checkpoint, which the resumed run logs again. The
+    curves join with no step twice and none missing. Cost: one flush per checkpoint, one event per resume.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: Trainer | None = None
+
+    @staticmethod
+    def _logger(trainer: Trainer) -> TensorBoardLogger | None:
+        return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        logger = self._logger(trainer)
+        if trainer.ckpt_path is None or logger is None or not trainer.is_global_zero:
+            return  # `ckpt_path` is this fit's restored checkpoint (or None)
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        # Written before the resumed run logs anything, at the first step it will log.
+        event = Event(
+            step=first_logged_step(trainer), wall_time=time.time(), session_log=SessionLog(status=SessionLog.START)
+        )
+        logger.experiment._get_file_writer().add_event(event)
+
+
+def first_logged_step(trainer: Trainer) -> int:
+    """The step at which a fit resumed from a checkpoint logs its first metrics.
+
+    Lightning logs at ``fit_loop.epoch_loop._batches_that_stepped``, which it saves one short when the checkpoint is
+    written during a batch and adds the missing one in ``TrainingEpochLoop.reset`` (after ``on_train_start``); this
+    mirrors that condition (``lightning/pytorch/loops/training_epoch_loop.py``, Lightning 2.6).
+    """
+    loop = trainer.fit_loop.epoch_loop
+    step = loop._batches_that_stepped
+    if (
+        loop.restarting
+        and not loop._should_accumulate()
+        and (loop.restarted_on_train_batch_end or not loop.restarted_on_last)
+    ):
+        step += 1
+    return step
+
+
+def add_resume_callbacks(trainer: Trainer) -> None:
+    """Add what makes a resumed ``fit`` continue exactly (unless the config has them): :class:`SigtermCheckpoint`,
+    :class:`~lightning_tricks.callbacks.RNGStateCheckpoint` and :class:`ContinueTensorBoardRun`."""
+    from lightning_tricks.callbacks import RNGStateCheckpoint
+
+    for kind in (SigtermCheckpoint, RNGStateCheckpoint, ContinueTensorBoardRun):
+        if not any(isinstance(c, kind) for c in trainer.callbacks):
+            trainer.callbacks.append(kind())
+
+
+def pin_logger_version(trainer: Trainer, ckpt_path: str | None) -> None:
+    """Fix the TensorBoard version before ``fit`` starts: the checkpoint's when resuming, else the next free one.
+
+    Resolved here, in the launching process, so that every later use agrees: ``ddp_spawn`` pickles the Trainer into
+    its workers for ``fit`` and again for the test after ``fit``, and a version still unresolved would be worked out
+    in each, the second time as a new folder. A version set by the user is kept.
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger) or logger._version is not None:
+            continue
+        version = tensorboard_version_of(ckpt_path, logger) if ckpt_path else None
+        if version is not None:
+            logger._version = version
+            rank_zero_info(f"Resuming: logging into the checkpoint's TensorBoard run {logger.log_dir}.")
+        else:
+            logger.version  # noqa: B018  (resolves and caches the next free version)
+
+
 class TricksCLI(LightningCLI):
     """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
 
@@ -206,10 +317,10 @@ class TricksCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured Trainer, plus a :class:`SigtermCheckpoint` for ``fit``."""
+        """The configured Trainer, plus the callbacks of :func:`add_resume_callbacks` for ``fit``."""
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "fit" and not any(isinstance(c, SigtermCheckpoint) for c in trainer.callbacks):
-            trainer.callbacks.append(SigtermCheckpoint())
+        if self.subcommand == "fit":
+            add_resume_callbacks(trainer)
         return trainer
 
     def _resolve_last_checkpoint(self) -> None:
@@ -237,6 +348,7 @@ class TricksCLI(LightningCLI):
     def before_fit(self) -> None:
         check_writable_dirs(self.trainer)
         self._resolve_last_checkpoint()
+        pin_logger_version(self.trainer, self.config_init[self.subcommand].get("ckpt_path"))
 
     def before_validate(self) -> None:
         self._resolve_last_checkpoint()

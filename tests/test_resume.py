@@ -15,6 +15,7 @@ batches run after resuming. Step metrics, validation metrics, weights and every 
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _hardening_helpers import cli_command, cli_env
+from _hardening_helpers import REPO, cli_command, cli_env
 
 BATCHES_PER_EPOCH = 10  # train_subset 320 / batch_size 32
 MAX_EPOCHS = 3
@@ -191,3 +192,98 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_uninterrupted(t
 
     _run(_args(config, record, False, "--ckpt_path", "last"))
     _assert_same_end(torch.load(record, weights_only=False), reference, (step + 1) // BATCHES_PER_EPOCH)
+
+
+# ------------------------------------------------------------------ the shipped main-job config, with dropout on
+MLP_BATCHES = 7  # train_subset 224 / batch_size 32
+MLP_EPOCHS = 3
+MLP_EVERY = 3  # a periodic last.ckpt at steps 3, 6, 9, ... (all mid-epoch); the shipped one at the epoch ends 7, 14
+
+
+def _mlp_config(root: Path, data_dir: Path, devices: int = 1, strategy: str = "auto") -> Path:
+    """``examples/configs/mlp.yaml`` as shipped (dropout 0.1, batch norm, AdamW, one-cycle schedule, augmentation,
+    its two ModelCheckpoints and LearningRateMonitor), shrunk to run in seconds: a smaller net and data subset,
+    3 epochs, the CPU, deterministic kernels, a third ``ModelCheckpoint`` with a ``last.ckpt`` every 3 steps, logs
+    under ``root``."""
+    config = yaml.safe_load((REPO / "examples" / "configs" / "mlp.yaml").read_text())
+    trainer = config["trainer"]
+    trainer.update(max_epochs=MLP_EPOCHS, accelerator="cpu", devices=devices, strategy=strategy, deterministic=True,
+                   log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False,
+                   default_root_dir=str(root))  # fmt: skip
+    trainer["logger"]["init_args"]["save_dir"] = str(root / "logs")
+    # A checkpoint of the last batch of an epoch, written in its on_train_batch_end, is avoided: resumed from it,
+    # Lightning 2.6 skips the next epoch's on_train_epoch_start (LearningRateMonitor misses one point; see README).
+    periodic = {"every_n_train_steps": MLP_EVERY, "save_last": True, "filename": "periodic-{step}"}
+    trainer["callbacks"].append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": periodic})
+    assert config["model"]["init_args"]["dropout"] > 0, "the shipped config trains with dropout"
+    config["model"]["init_args"]["hidden_sizes"] = [32, 32]
+    config["data"]["init_args"].update(data_dir=str(data_dir), batch_size=32, train_subset=224, val_size=64)
+    path = root / "mlp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _random_kill_step(low: int, high: int) -> int:
+    """A random step in ``[low, high)``, or ``$RESUME_KILL_STEP`` (to reproduce a failure, whose message names it)."""
+    return int(os.environ.get("RESUME_KILL_STEP") or random.randrange(low, high))
+
+
+def _mlp_args(config: Path, record: Path, *extra: str) -> list[str]:
+    return cli_command("fit", "--config", str(config), "--trainer.callbacks+=_hardening_helpers.RecordFinal",
+                       f"--trainer.callbacks.path={record}", *extra)  # fmt: skip
+
+
+def _assert_same_weights(resumed: dict, reference: dict, context: str) -> None:
+    assert resumed["global_step"] == reference["global_step"], context
+    for key in ("weights", "last_step_weights"):
+        for name, tensor in reference[key].items():
+            assert torch.equal(resumed[key][name], tensor), f"{context}: {key}[{name}] differs after resuming"
+    for name in ("val/acc", "val/loss", "test/acc"):
+        if name in reference["metrics"]:
+            assert torch.equal(resumed["metrics"][name], reference["metrics"][name]), f"{context}: logged {name}"
+
+
+@pytest.fixture(scope="module")
+def mlp_reference(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> dict:
+    root = tmp_path_factory.mktemp("mlp_uninterrupted")
+    record = root / "final.pt"
+    _run(_mlp_args(_mlp_config(root, fashion_mnist_dir), record))
+    return {"final": torch.load(record, weights_only=False), "logs": root / "logs"}
+
+
+def test_shipped_mlp_config_with_dropout_killed_at_a_random_step_resumes_exactly(
+    tmp_path, fashion_mnist_dir, mlp_reference
+):
+    step = _random_kill_step(MLP_EVERY, MLP_EPOCHS * MLP_BATCHES)
+    context = f"killed at step {step} (reproduce with step = {step})"
+    config = _mlp_config(tmp_path, fashion_mnist_dir)
+    record = tmp_path / "final.pt"
+    _run(_mlp_args(config, record, "--trainer.callbacks+=_hardening_helpers.KillAtStep",
+                   f"--trainer.callbacks.step={step}"), expect_rc=-signal.SIGKILL)  # fmt: skip
+    resumed = _run(_mlp_args(config, record, "--ckpt_path", "last"))
+    assert "logging into the checkpoint's TensorBoard run" in resumed.stderr + resumed.stdout, context
+    _assert_same_weights(torch.load(record, weights_only=False), mlp_reference["final"], context)
+    _assert_one_continuous_run(tmp_path / "logs", mlp_reference["logs"], context)
+
+
+def _scalar_steps(logs: Path) -> dict[str, dict[str, list[int]]]:
+    """``{version folder: {tag: [steps]}}`` of every TensorBoard run under ``logs`` (read as TensorBoard does)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = {}
+    for folder in sorted(p.parent for p in logs.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        runs[str(folder.relative_to(logs))] = {t: [e.step for e in accumulator.Scalars(t)] for t in
+                                               accumulator.Tags()["scalars"]}  # fmt: skip
+    return runs
+
+
+def _assert_one_continuous_run(logs: Path, reference_logs: Path, context: str) -> None:
+    """One version folder (training, resume and test after fit), each scalar at exactly the reference's steps."""
+    runs, reference = _scalar_steps(logs), _scalar_steps(reference_logs)
+    assert len(runs) == 1 and len(reference) == 1, f"{context}: TensorBoard runs {sorted(runs)}"
+    (steps,), (expected,) = runs.values(), reference.values()
+    assert steps.keys() == expected.keys(), f"{context}: tags {sorted(steps.keys() ^ expected.keys())}"
+    for tag, tag_steps in expected.items():
+        assert steps[tag] == tag_steps, f"{context}: {tag} logged at steps {steps[tag]}, expected {tag_steps}"

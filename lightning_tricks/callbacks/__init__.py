@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from lightning_tricks.callbacks.gradient_health import GradientHealth
     from lightning_tricks.callbacks.input_range_check import InputRangeCheck
     from lightning_tricks.callbacks.lr_decay import LRDecay
+    from lightning_tricks.callbacks.rng_state import RNGStateCheckpoint
     from lightning_tricks.callbacks.weight_decay import WeightDecay
     from lightning_tricks.callbacks.weight_init import WeightInit
     from lightning_tricks.callbacks.weight_norm_monitor import WeightNormMonitor
@@ -32,5 +33,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "GradientHealth": "gradient_health",
         "ActivationStats": "activation_stats",
         "InputRangeCheck": "input_range_check",
+        "RNGStateCheckpoint": "rng_state",
     },
 )

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks._loops import estimated_stepping_batches
 from lightning_tricks.callbacks._monitoring import trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps
 
@@ -225,7 +226,8 @@ class LRDecay(Callback):
         if self.interval == "epoch":
             total, source = trainer.max_epochs, "Trainer(max_epochs)"
         else:
-            total, source = trainer.estimated_stepping_batches, "trainer.estimated_stepping_batches"
+            # not the property itself: read here it loses a resumed loader's position (see the helper)
+            total, source = estimated_stepping_batches(trainer), "trainer.estimated_stepping_batches"
         if total is None or not 0 < total < math.inf:
             raise ValueError(
                 f"`LRDecay(mode={self.mode!r}, interval={self.interval!r})` needs the schedule length: pass `total`"

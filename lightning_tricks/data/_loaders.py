@@ -248,6 +248,10 @@ class ResumableDataLoader(_ResumableMixin, DataLoader):
             collate_fn=identity_collate,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
+            # Its own generator: a DataLoader draws its workers' base seed when its iterator starts, from the
+            # global RNG without one, which would shift the global stream (dropout) by one draw per epoch and make
+            # a mid-epoch resume draw once more than the uninterrupted run.
+            generator=torch.Generator(),
         )
         self.augment = augment
         self._position = (sampler.epoch, 0)
@@ -255,6 +259,7 @@ class ResumableDataLoader(_ResumableMixin, DataLoader):
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         sampler = self.sampler
         epoch, start = sampler.epoch, sampler.resume_batch  # read lazily: Lightning sets the epoch after iter()
+        self.generator.manual_seed(mix_seed(sampler.seed, 2, epoch, sampler.rank))  # workers' seeds: per epoch
         for index, (x, y) in enumerate(super().__iter__(), start):
             if self.augment is not None:
                 x = self.augment(x, epoch, index)

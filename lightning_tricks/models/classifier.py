@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from lightning_tricks._loops import estimated_stepping_batches
+
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 LRScheduleName = Literal["none", "onecycle", "cosine"]
 
@@ -265,7 +267,8 @@ class Classifier(LightningModule):
         )
         if self.lr_schedule == "none":
             return optimizer
-        total_steps = self.trainer.estimated_stepping_batches
+        # not the property itself: read here it loses a resumed loader's position (Lightning #20550, see the helper)
+        total_steps = estimated_stepping_batches(self.trainer)
         if not math.isfinite(total_steps) or total_steps < 1:
             raise ValueError(
                 f"`lr_schedule={self.lr_schedule!r}` needs a finite number of training steps, but the trainer "
