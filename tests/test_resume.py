@@ -1,11 +1,14 @@
 """Kill and resume through the CLI: a ``lightning-tricks fit`` run killed mid-epoch (SIGKILL, or SIGTERM which saves a
 checkpoint) and resumed with ``--ckpt_path last`` ends exactly like an uninterrupted run.
 
-Every stateful callback is on (EarlyStopping with restore_best_weights, LRDecay, GradientClipping mode=auto, EMA,
-WeightNormMonitor, GradientHealth) and ModelCheckpoint saves every 4 steps. Settings are deterministic on the CPU
-(``--trainer.deterministic true``, ``seed_everything``, no dropout, ``num_workers=0``, one thread), so the comparison is
-exact: ``torch.equal`` on the final weights, the raw weights after the last step, the EMA weights and the final
-logged metrics (tolerance 0).
+Every stateful callback is on (EarlyStopping with restore_best_weights, LRDecay step-wise cosine with its default
+length, GradientClipping mode=auto, EMA, WeightNormMonitor, GradientHealth, and the RNGStateCheckpoint that ``fit``
+adds), the model has dropout, and ModelCheckpoint saves every 4 steps. Settings are deterministic on the CPU
+(``--trainer.deterministic true``, ``seed_everything``, ``num_workers=0``, one thread), so the comparison is exact:
+``torch.equal`` on the final weights, the raw weights after the last step, the EMA weights and the final logged metrics
+(tolerance 0). The shipped ``examples/configs/mlp.yaml`` (dropout, one-cycle schedule, augmentation) is killed at a
+random step and compared the same way, and its TensorBoard run is read back: one folder, every scalar at exactly the
+steps of the uninterrupted run. DDP: ``ddp_spawn`` and ``torchrun`` with ``--trainer.strategy ddp``, 2 processes.
 
 One known gap, Lightning's: checkpoints hold no partial epoch aggregates (Lightning 2.x saves no ``_results`` of the
 training epoch loop, and torchmetrics states are not in the module's ``state_dict``), so after a mid-epoch resume the
@@ -36,7 +39,8 @@ def _config(root: Path, data_dir: Path) -> Path:
     callbacks = [
         {"class_path": "lightning_tricks.callbacks.GradientHealth", "init_args": {"action": "warn"}},
         {"class_path": "lightning_tricks.callbacks.GradientClipping", "init_args": {"mode": "auto", "percentile": 50}},
-        {"class_path": "lightning_tricks.callbacks.LRDecay", "init_args": {"mode": "exponential", "gamma": 0.5}},
+        # step-wise, default `total`: reads trainer.estimated_stepping_batches at fit start (Lightning #20550)
+        {"class_path": "lightning_tricks.callbacks.LRDecay", "init_args": {"mode": "cosine", "interval": "step"}},
         {"class_path": "lightning_tricks.callbacks.EMA", "init_args": {"decay": 0.9}},
         {"class_path": "lightning_tricks.callbacks.WeightNormMonitor", "init_args": {"per_layer": True}},
         {
@@ -67,7 +71,7 @@ def _config(root: Path, data_dir: Path) -> Path:
         },
         "model": {
             "class_path": "lightning_tricks.models.MLPClassifier",
-            "init_args": {"hidden_sizes": [16], "optimizer": "momentum", "lr": 0.05},
+            "init_args": {"hidden_sizes": [16], "dropout": 0.2, "optimizer": "momentum", "lr": 0.05},
         },
         "data": {
             "class_path": "lightning_tricks.data.FashionMNISTDataModule",

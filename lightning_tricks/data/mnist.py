@@ -254,9 +254,11 @@ class _MNISTLikeDataModule(LightningDataModule):
         if train and self.augment:
             augment = Augment(self.crop_padding, self.hflip, self.normalize.fill_value(), self.seed, rank)
         if not train and not self.on_device:
-            # Plain loader: under DDP Lightning injects its DistributedSampler (padding to equal shards).
+            # Plain loader: under DDP Lightning injects its DistributedSampler (padding to equal shards). Its own
+            # generator: without one, each evaluation pass would take a draw from the global RNG (dropout's stream).
             return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=False,
-                              collate_fn=identity_collate, num_workers=self.num_workers)  # fmt: skip
+                              collate_fn=identity_collate, num_workers=self.num_workers,
+                              generator=torch.Generator())  # fmt: skip
         sampler = EpochShardSampler(
             len(self._splits[split][1]),
             self.batch_size,
