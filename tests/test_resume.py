@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,7 +213,7 @@ def _mlp_config(root: Path, data_dir: Path, devices: int = 1, strategy: str = "a
     config = yaml.safe_load((REPO / "examples" / "configs" / "mlp.yaml").read_text())
     trainer = config["trainer"]
     trainer.update(max_epochs=MLP_EPOCHS, accelerator="cpu", devices=devices, strategy=strategy, deterministic=True,
-                   log_every_n_steps=2, enable_progress_bar=False, enable_model_summary=False,
+                   log_every_n_steps=2, limit_test_batches=4, enable_progress_bar=False, enable_model_summary=False,
                    default_root_dir=str(root))  # fmt: skip
     trainer["logger"]["init_args"]["save_dir"] = str(root / "logs")
     # A checkpoint of the last batch of an epoch, written in its on_train_batch_end, is avoided: resumed from it,
@@ -283,11 +284,72 @@ def _scalar_steps(logs: Path) -> dict[str, dict[str, list[int]]]:
     return runs
 
 
-def _assert_one_continuous_run(logs: Path, reference_logs: Path, context: str) -> None:
-    """One version folder (training, resume and test after fit), each scalar at exactly the reference's steps."""
+def _assert_one_continuous_run(logs: Path, reference_logs: Path, context: str, test_step: int | None = None) -> None:
+    """One version folder (training, resume and test after fit), each scalar at exactly the reference's steps.
+
+    ``test_step``: where the test after fit logs, when the reference logged it at step 0 (``ddp_spawn`` brings no
+    loop state back to the launching process, so its test pass logs at step 0; ``ddp`` under torchrun at the last).
+    """
     runs, reference = _scalar_steps(logs), _scalar_steps(reference_logs)
     assert len(runs) == 1 and len(reference) == 1, f"{context}: TensorBoard runs {sorted(runs)}"
     (steps,), (expected,) = runs.values(), reference.values()
+    if test_step is not None:
+        for tag in [t for t in expected if t.startswith("test/")] + ["epoch"]:
+            assert expected[tag][-1] == 0, f"the reference's test pass logged {tag} at {expected[tag][-1]}"
+            expected[tag][-1] = test_step
     assert steps.keys() == expected.keys(), f"{context}: tags {sorted(steps.keys() ^ expected.keys())}"
     for tag, tag_steps in expected.items():
         assert steps[tag] == tag_steps, f"{context}: {tag} logged at steps {steps[tag]}, expected {tag_steps}"
+
+
+# ------------------------------------------------------------------------------- DDP: 2 processes on the CPU
+DDP_BATCHES = 4  # 224 samples / 2 ranks = 112 per rank, batches of 32
+DDP_STEPS = MLP_EPOCHS * DDP_BATCHES  # periodic last.ckpt at 3, 6, 9 (mid-epoch); the shipped one at 4, 8
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+            "lightning_tricks.cli", *args]  # fmt: skip
+
+
+def _run_killed(args: list[str], context: str) -> None:
+    """A DDP run whose ranks SIGKILL themselves: the launcher reports the dead ranks and exits non-zero."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=240, env=cli_env())
+    assert result.returncode != 0, f"{context}: the killed run exited with 0\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> dict:
+    """One uninterrupted 2-process ``ddp_spawn`` run; ``torchrun`` + ``ddp`` runs the same computation."""
+    root = tmp_path_factory.mktemp("ddp_uninterrupted")
+    record = root / "final.pt"
+    _run(_mlp_args(_mlp_config(root, fashion_mnist_dir, devices=2, strategy="ddp_spawn"), record))
+    return {
+        "final": [torch.load(record, weights_only=False), torch.load(root / "final.rank1.pt", weights_only=False)],
+        "logs": root / "logs",
+    }
+
+
+@pytest.mark.parametrize("launcher", ["ddp_spawn", "torchrun"])
+def test_ddp_two_processes_killed_mid_epoch_resume_exactly(tmp_path, fashion_mnist_dir, ddp_reference, launcher):
+    step = _random_kill_step(MLP_EVERY, DDP_STEPS)
+    context = f"{launcher}: killed at step {step} (reproduce with RESUME_KILL_STEP={step})"
+    strategy = "ddp_spawn" if launcher == "ddp_spawn" else "ddp"
+    config = _mlp_config(tmp_path, fashion_mnist_dir, devices=2, strategy=strategy)
+    record = tmp_path / "final.pt"
+    kill = ("--trainer.callbacks+=_hardening_helpers.KillAtStep", f"--trainer.callbacks.step={step}")
+    # torchrun resumes from the checkpoint's path in the run's folder, ddp_spawn from `last`: both continue that run
+    last = tmp_path / "logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt" if launcher == "torchrun" else "last"
+    killed, resumed = _mlp_args(config, record, *kill), _mlp_args(config, record, "--ckpt_path", str(last))
+    if launcher == "torchrun":
+        killed, resumed = _torchrun(*killed[3:]), _torchrun(*resumed[3:])  # drop `python -m lightning_tricks.cli`
+    _run_killed(killed, context)
+    assert not record.exists(), context
+    saved = torch.load(tmp_path / "logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert len(saved["callbacks"]["RNGStateCheckpoint"]["ranks"]) == 2, f"{context}: both ranks' RNG states"
+    _run(resumed)
+    for rank, reference in enumerate(ddp_reference["final"]):
+        path = record if rank == 0 else tmp_path / "final.rank1.pt"
+        _assert_same_weights(torch.load(path, weights_only=False), reference, f"{context}, rank {rank}")
+    test_step = DDP_STEPS if launcher == "torchrun" else None
+    _assert_one_continuous_run(tmp_path / "logs", ddp_reference["logs"], context, test_step)
