@@ -112,7 +112,7 @@ def test_another_world_size_restores_what_it_can_with_one_warning(tmp_path: Path
 
     record = Record()
     trainer.callbacks[:0] = [callback, record]  # restore first, then record
-    callback.setup = lambda *args, **kwargs: None  # keep the loaded state: here it is loaded by hand, not by a checkpoint
+    callback.setup = lambda *args, **kwargs: None  # keep the state loaded by hand (no checkpoint here)
     with pytest.warns(UserWarning, match=r"RNG state of 2 rank\(s\), this run has 1") as warnings:
         trainer.fit(BoringModel())
     assert sum("RNGStateCheckpoint" in str(w.message) for w in warnings) == 1
