@@ -22,6 +22,9 @@ What this adds to LightningCLI:
 - options typed ``int | float`` (``--trainer.limit_val_batches``, ``--trainer.val_check_interval``,
   ``--trainer.overfit_batches``, ...) keep an integer an integer: ``1`` means one batch and ``1.0`` the whole set, as
   in Python (plain LightningCLI 2.6 reads ``1`` as ``1.0``, see :func:`prefer_int_over_float`);
+- ``fit`` resumes exactly: it adds :class:`~lightning_tricks.callbacks.RNGStateCheckpoint` (every rank's RNG state in
+  each checkpoint) and :class:`ContinueTensorBoardRun`, and a resumed run logs into the checkpoint's TensorBoard
+  version as one continuous run (:func:`pin_logger_version`; the test after ``fit`` lands there too);
 - ``--ckpt_path last`` finds the newest ``last*.ckpt`` of earlier runs, also when checkpoints go to the logger's
   per-version folders (see :func:`last_checkpoint_places`); ``validate``/``test``/``predict`` with ``--ckpt_path last``
   and no checkpoint fail with a clear error instead of evaluating untrained weights;
@@ -243,6 +246,15 @@ class ContinueTensorBoardRun(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._trainer = trainer
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        logger = self._logger(self._trainer) if self._trainer is not None else None
+        if logger is None:
+            return {}
+        if self._trainer is not None and self._trainer.is_global_zero and logger._experiment is not None:
+            logger.experiment.flush()  # what was logged up to this checkpoint is on disk before a kill
+        return {"version": logger.version}
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

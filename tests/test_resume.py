@@ -169,6 +169,13 @@ def test_sigkill_mid_epoch_then_resume_from_last_equals_uninterrupted(
 
     _run(_args(config, record, on_device, "--ckpt_path", "last"))
     _assert_same_end(torch.load(record, weights_only=False), reference, saved // BATCHES_PER_EPOCH)
+    _assert_one_version(tmp_path)
+
+
+def _assert_one_version(root: Path) -> None:
+    """The resumed run logged into the killed run's TensorBoard folder, although its checkpoints are kept elsewhere
+    (``ckpts/``): the version is read from the checkpoint."""
+    assert sorted(p.name for p in (root / "logs" / "resume").iterdir()) == ["version_0"]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_uninterrupted(tmp_path, fashion_mnist_dir, reference):
@@ -197,6 +204,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_uninterrupted(t
 
     _run(_args(config, record, False, "--ckpt_path", "last"))
     _assert_same_end(torch.load(record, weights_only=False), reference, (step + 1) // BATCHES_PER_EPOCH)
+    _assert_one_version(tmp_path)
 
 
 # ------------------------------------------------------------------ the shipped main-job config, with dropout on
