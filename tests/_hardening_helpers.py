@@ -60,6 +60,18 @@ class WaitForSigtermAtStep(Callback):
             time.sleep(0.01)
 
 
+class RankDependentDraws(Callback):
+    """At every batch start, rank ``r`` draws ``r + 1`` numbers from the global torch RNG, so the ranks' RNG states
+    (and dropout masks) differ, as they do in any run that draws per rank: a resume that gave a rank another rank's
+    state, or none, changes the weights."""
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        torch.rand(trainer.global_rank + 1)
+
+
 class RecordFinal(Callback):
     """Save what a run ended with to ``path`` (``torch.save``; ranks other than 0 add ``.rank<r>`` to the name).
 

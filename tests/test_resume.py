@@ -292,19 +292,21 @@ def _scalar_steps(logs: Path) -> dict[str, dict[str, list[int]]]:
     return runs
 
 
-def _assert_one_continuous_run(logs: Path, reference_logs: Path, context: str, test_step: int | None = None) -> None:
+def _assert_one_continuous_run(
+    logs: Path, reference_logs: Path, context: str, test_steps: tuple[int, int] | None = None
+) -> None:
     """One version folder (training, resume and test after fit), each scalar at exactly the reference's steps.
 
-    ``test_step``: where the test after fit logs, when the reference logged it at step 0 (``ddp_spawn`` brings no
-    loop state back to the launching process, so its test pass logs at step 0; ``ddp`` under torchrun at the last).
+    ``test_steps``: ``(reference's, this run's)`` step of the test after fit, where they differ: ``ddp`` under
+    torchrun logs it at the last step, ``ddp_spawn`` at step 0 (it brings no loop state back to the launching process).
     """
     runs, reference = _scalar_steps(logs), _scalar_steps(reference_logs)
     assert len(runs) == 1 and len(reference) == 1, f"{context}: TensorBoard runs {sorted(runs)}"
     (steps,), (expected,) = runs.values(), reference.values()
-    if test_step is not None:
+    if test_steps is not None:
         for tag in [t for t in expected if t.startswith("test/")] + ["epoch"]:
-            assert expected[tag][-1] == 0, f"the reference's test pass logged {tag} at {expected[tag][-1]}"
-            expected[tag][-1] = test_step
+            assert expected[tag][-1] == test_steps[0], f"the reference's test pass logged {tag} at {expected[tag]}"
+            expected[tag][-1] = test_steps[1]
     assert steps.keys() == expected.keys(), f"{context}: tags {sorted(steps.keys() ^ expected.keys())}"
     for tag, tag_steps in expected.items():
         assert steps[tag] == tag_steps, f"{context}: {tag} logged at steps {steps[tag]}, expected {tag_steps}"
@@ -313,6 +315,8 @@ def _assert_one_continuous_run(logs: Path, reference_logs: Path, context: str, t
 # ------------------------------------------------------------------------------- DDP: 2 processes on the CPU
 DDP_BATCHES = 4  # 224 samples / 2 ranks = 112 per rank, batches of 32
 DDP_STEPS = MLP_EPOCHS * DDP_BATCHES  # periodic last.ckpt at 3, 6, 9 (mid-epoch); the shipped one at 4, 8
+#: The ranks' RNG states differ (as with any per-rank randomness), so each rank must get its own state back.
+RANK_DRAWS = ("--trainer.callbacks+=_hardening_helpers.RankDependentDraws",)
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -328,10 +332,12 @@ def _run_killed(args: list[str], context: str) -> None:
 
 @pytest.fixture(scope="module")
 def ddp_reference(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> dict:
-    """One uninterrupted 2-process ``ddp_spawn`` run; ``torchrun`` + ``ddp`` runs the same computation."""
+    """One uninterrupted 2-process run under torchrun (``ddp``; cheaper than ``ddp_spawn``, which imports everything
+    again in each worker and again for the test after fit, and computes exactly the same)."""
     root = tmp_path_factory.mktemp("ddp_uninterrupted")
     record = root / "final.pt"
-    _run(_mlp_args(_mlp_config(root, fashion_mnist_dir, devices=2, strategy="ddp_spawn"), record))
+    config = _mlp_config(root, fashion_mnist_dir, devices=2, strategy="ddp")
+    _run(_torchrun(*_mlp_args(config, record, *RANK_DRAWS)[3:]))
     return {
         "final": [torch.load(record, weights_only=False), torch.load(root / "final.rank1.pt", weights_only=False)],
         "logs": root / "logs",
@@ -348,7 +354,8 @@ def test_ddp_two_processes_killed_mid_epoch_resume_exactly(tmp_path, fashion_mni
     kill = ("--trainer.callbacks+=_hardening_helpers.KillAtStep", f"--trainer.callbacks.step={step}")
     # torchrun resumes from the checkpoint's path in the run's folder, ddp_spawn from `last`: both continue that run
     last = tmp_path / "logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt" if launcher == "torchrun" else "last"
-    killed, resumed = _mlp_args(config, record, *kill), _mlp_args(config, record, "--ckpt_path", str(last))
+    killed = _mlp_args(config, record, *RANK_DRAWS, *kill)
+    resumed = _mlp_args(config, record, *RANK_DRAWS, "--ckpt_path", str(last))
     if launcher == "torchrun":
         killed, resumed = _torchrun(*killed[3:]), _torchrun(*resumed[3:])  # drop `python -m lightning_tricks.cli`
     _run_killed(killed, context)
@@ -359,5 +366,5 @@ def test_ddp_two_processes_killed_mid_epoch_resume_exactly(tmp_path, fashion_mni
     for rank, reference in enumerate(ddp_reference["final"]):
         path = record if rank == 0 else tmp_path / "final.rank1.pt"
         _assert_same_weights(torch.load(path, weights_only=False), reference, f"{context}, rank {rank}")
-    test_step = DDP_STEPS if launcher == "torchrun" else None
-    _assert_one_continuous_run(tmp_path / "logs", ddp_reference["logs"], context, test_step)
+    test_steps = (DDP_STEPS, 0) if launcher == "ddp_spawn" else None
+    _assert_one_continuous_run(tmp_path / "logs", ddp_reference["logs"], context, test_steps)

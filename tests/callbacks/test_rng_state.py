@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _callback_helpers import read_rank_json, write_rank_json
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -117,43 +116,3 @@ def test_another_world_size_restores_what_it_can_with_one_warning(tmp_path: Path
         trainer.fit(BoringModel())
     assert sum("RNGStateCheckpoint" in str(w.message) for w in warnings) == 1
     assert record.draws == expected, "rank 0 got its own state back"
-
-
-class _RankDraws(Callback):
-    """Each rank draws from the global RNG at every batch start, a rank-dependent number of times, so the ranks'
-    states differ; writes ``{step: draw}`` per rank when training ends."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        self.draws: dict[int, float] = {}
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        torch.rand(trainer.global_rank + 1)
-        self.draws[trainer.global_step] = torch.rand(1).item()
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        write_rank_json(self.folder, trainer.global_rank, self.draws)
-
-
-def test_ddp_every_rank_gets_its_own_state_back(tmp_path: Path) -> None:
-    """2-process ``ddp_spawn``: a checkpoint at step 2 holds both ranks' states, and a run resumed from it draws, on
-    each rank, what that rank drew after step 2 in the run that went on."""
-
-    def fit(folder: Path, ckpt_path: str | None = None) -> list[dict[str, float]]:
-        folder.mkdir()
-        seed_everything(0)
-        callbacks = [RNGStateCheckpoint(), _RankDraws(str(folder)),
-                     ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, save_top_k=-1)]  # fmt: skip
-        trainer = Trainer(default_root_dir=tmp_path, max_steps=4, limit_val_batches=0, callbacks=callbacks,
-                          logger=False, accelerator="cpu", devices=2, strategy="ddp_spawn",
-                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
-        return read_rank_json(folder)
-
-    went_on = fit(tmp_path / "first")
-    checkpoint = tmp_path / "ckpts" / "epoch=0-step=2.ckpt"
-    assert len(torch.load(checkpoint, weights_only=True)["callbacks"]["RNGStateCheckpoint"]["ranks"]) == 2
-    resumed = fit(tmp_path / "resumed", str(checkpoint))
-    for rank in (0, 1):
-        assert resumed[rank] == {step: went_on[rank][step] for step in ("2", "3")}, f"rank {rank}"
-    assert went_on[0]["3"] != went_on[1]["3"], "the ranks' states differ, so a swap would be seen"
