@@ -175,7 +175,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_equals_uninterrupted(
 def _assert_one_version(root: Path) -> None:
     """The resumed run logged into the killed run's TensorBoard folder, although its checkpoints are kept elsewhere
     (``ckpts/``): the version is read from the checkpoint."""
-    assert sorted(p.name for p in (root / "logs" / "resume").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in (root / "logs" / "resume").iterdir() if p.is_dir()) == ["version_0"]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_uninterrupted(tmp_path, fashion_mnist_dir, reference):
@@ -280,13 +280,16 @@ def test_shipped_mlp_config_with_dropout_killed_at_a_random_step_resumes_exactly
 
 
 def _scalar_steps(logs: Path) -> dict[str, dict[str, list[int]]]:
-    """``{version folder: {tag: [steps]}}`` of every TensorBoard run under ``logs`` (read as TensorBoard does)."""
+    """``{version folder: {tag: [steps]}}`` of every TensorBoard run with scalars under ``logs`` (read as TensorBoard
+    does; the HPARAMS summary run beside the versions has none)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = {}
-    for folder in sorted(p.parent for p in logs.rglob("events.out.tfevents.*")):
+    for folder in sorted({p.parent for p in logs.rglob("events.out.tfevents.*")}):
         accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         accumulator.Reload()
+        if not accumulator.Tags()["scalars"]:
+            continue
         runs[str(folder.relative_to(logs))] = {t: [e.step for e in accumulator.Scalars(t)] for t in
                                                accumulator.Tags()["scalars"]}  # fmt: skip
     return runs
