@@ -8,7 +8,9 @@ The rules every benchmark here follows:
 - on the CPU the default clock is the process CPU time (``time.process_time``), which ignores the time this process
   waits for a core on a shared machine; ``--clock wall`` switches to ``time.perf_counter``.
 
-``ema_overhead.py`` still has its own (non-rotating) interleaving loop.
+- every ratio is printed beside its noise floor: the same ratio for a do-nothing callback (:class:`DoNothing`)
+  measured the same way; a ratio below ``1 - noise`` is flagged as implausible and never called "ok"
+  (:func:`verdict`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import argparse
 import logging
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import lightning.pytorch as pl
 import torch
 
 ClockName = Literal["process", "wall"]
@@ -162,3 +166,132 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --- Noise floor and verdicts: a ratio is read against a do-nothing callback measured the same way. ---
+
+
+class DoNothing(pl.Callback):
+    """A callback whose per-step and per-epoch hooks do nothing: ``do-nothing / off`` is the noise floor of a ratio
+    (what the hook dispatch, and the rounds' drift, cost when no work is done)."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        pass
+
+    def on_before_backward(self, *args: Any) -> None:
+        pass
+
+    def on_after_backward(self, *args: Any) -> None:
+        pass
+
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        pass
+
+    def on_before_zero_grad(self, *args: Any) -> None:
+        pass
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        pass
+
+    def on_train_epoch_start(self, *args: Any) -> None:
+        pass
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        pass
+
+
+def noise_floor(off: Sequence[float], null: Sequence[float], pooled_ratio: float) -> float:
+    """The noise of an ``on / off`` ratio: the largest ``|do-nothing / off - 1|``, per round and pooled.
+
+    Args:
+        off: one figure per round (e.g. each fit's mean step) with nothing on.
+        null: the same figure per round with :class:`DoNothing` on (same rounds, same order).
+        pooled_ratio: ``do-nothing / off`` of the pooled figures (what the reported ratios are).
+    """
+    per_round = [abs(n / o - 1.0) for o, n in zip(off, null, strict=True) if o > 0]
+    return max([abs(pooled_ratio - 1.0), *per_round])
+
+
+def verdict(ratio: float, noise: float, target: float | None = None) -> tuple[str, str | None]:
+    """``(text, warning)`` for an ``on / off`` ratio: no "ok" for an implausible one.
+
+    A ratio below ``1 - noise`` says that adding work made the step faster by more than the measured noise: the
+    measurement, not the callback, is at fault (drift, a neighbour's load, too few repeats), so it is flagged and
+    never reported as meeting a target.
+    """
+    if ratio < 1.0 - noise:
+        return "implausible", (
+            f"ratio {ratio:.3f} is below 1 - noise ({1.0 - noise:.3f}): faster with the work than without it by more "
+            "than the measured noise; rerun with more --repeats / --steps on a quieter machine"
+        )
+    if target is None:
+        return "-", None
+    return ("ok" if ratio <= target else "over"), None
+
+
+def warn(message: str) -> None:
+    """Print a measurement warning to stderr (``quiet_lightning`` silences the ``warnings`` module)."""
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+NULL = "do-nothing"
+
+
+def step_ratios(runs: dict[str, list[list[float]]], off: str = "off") -> dict[str, dict[str, float]]:
+    """Per configuration: median and mean step (ms), their ``on / off`` ratios and noise floors.
+
+    ``runs[name]`` holds one list of step seconds per round (warm-up dropped), the rounds in the same order for every
+    name. The median ratio is of the pooled median steps (the typical step); the mean ratio is of the medians over the
+    rounds of each fit's mean step (amortized: logging steps and per-epoch hooks included). The noise floors come
+    from ``runs[NULL]`` (:func:`noise_floor`); without it they are 0 and only a ratio below 1 is flagged.
+    """
+    medians = {name: [statistics.median(run) for run in rounds] for name, rounds in runs.items()}
+    means = {name: [statistics.fmean(run) for run in rounds] for name, rounds in runs.items()}
+    pooled = {name: statistics.median(t for run in rounds for t in run) for name, rounds in runs.items()}
+    mean = {name: statistics.median(values) for name, values in means.items()}
+    noise_median = noise_mean = 0.0
+    if NULL in runs:
+        noise_median = noise_floor(medians[off], medians[NULL], pooled[NULL] / pooled[off])
+        noise_mean = noise_floor(means[off], means[NULL], mean[NULL] / mean[off])
+    return {
+        name: {
+            "off_median_ms": 1e3 * pooled[off],
+            "on_median_ms": 1e3 * pooled[name],
+            "off_mean_ms": 1e3 * mean[off],
+            "on_mean_ms": 1e3 * mean[name],
+            "ratio_median": pooled[name] / pooled[off],
+            "ratio_mean": mean[name] / mean[off],
+            "noise_median": noise_median,
+            "noise_mean": noise_mean,
+        }
+        for name in runs
+        if name != off
+    }
+
+
+def judge(row: dict[str, Any], target: float | None = None) -> dict[str, Any]:
+    """Add ``verdict`` (``ok`` / ``over`` / ``implausible`` / ``-``) and ``warning`` to a :func:`step_ratios` row.
+
+    The target applies to the mean ratio; either ratio below its noise floor makes the row implausible (and warns).
+    """
+    _, median_warning = verdict(row["ratio_median"], row["noise_median"])
+    text, mean_warning = verdict(row["ratio_mean"], row["noise_mean"], target)
+    warning = None
+    if mean_warning or median_warning:
+        warning = f"mean step: {mean_warning}" if mean_warning else f"median step: {median_warning}"
+    row.update(target=target, verdict="implausible" if warning else text, warning=warning)
+    if warning:
+        warn(f"{row.get('name', '')}: {warning}")
+    return row
+
+
+def ratio_cell(ratio: float, noise: float) -> str:
+    """``1.043 ± 0.012``: a ratio beside its noise floor."""
+    return f"{ratio:.3f} ± {noise:.3f}"
+
+
+def target_cell(row: dict[str, Any]) -> str:
+    """``<= 1.05 (ok)``, ``implausible``, or ``-`` for a :func:`judge` row."""
+    if row["verdict"] == "implausible":
+        return "implausible (see warning)"
+    return "-" if row["target"] is None else f"<= {row['target']} ({row['verdict']})"

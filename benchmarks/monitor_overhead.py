@@ -3,7 +3,7 @@
 Monitors: ``WeightNormMonitor``, ``GradientHealth``, ``ActivationStats``, ``InputRangeCheck`` (each one missing from
 ``lightning_tricks.callbacks`` is skipped with a note). Settings:
 
-- ``cpu-mlp``: a 784-256-256-10 ReLU MLP, batch 128, fp32 on the CPU. Target: on / off <= 1.05.
+- ``cpu-mlp``: a 784-256-256-10 ReLU MLP, batch 128, fp32 on the CPU. Target: on / off <= 1.03.
 - ``gpu-resnet18``: torchvision ResNet-18 adapted to 1x28x28 inputs (3x3 stem, no max-pool), batch 256,
   ``bf16-mixed``, on the GPU when one is present. Target: on / off <= 1.01.
 
@@ -17,9 +17,12 @@ time (``time.process_time``): it ignores the time this process waits for a core,
 a shared machine (``--cpu-clock wall`` measures wall time). The first ``--warmup`` steps of each fit are dropped.
 Two ratios are reported: of the median step time over all timed steps (the typical, non-logging step) and of the
 mean step time (amortized: includes the logging steps and InputRangeCheck's one sync; the median over the repeats
-of each fit's mean). The target applies to the mean ratio.
+of each fit's mean). The target applies to the mean ratio. Beside each ratio: its noise floor, the same ratio for
+a do-nothing callback measured the same way (``do-nothing`` row); a ratio below ``1 - noise`` is flagged
+``implausible`` (and warned about), never ``ok``. One torch thread by default (``--threads``, shared by every
+benchmark here).
 
-Usage: ``python benchmarks/monitor_overhead.py [--steps 200] [--repeats 5] [--threads 1] [--per-monitor]
+Usage: ``python benchmarks/monitor_overhead.py [--steps 200] [--repeats 5] [--per-monitor]
 [--settings cpu-mlp gpu-resnet18]``. ``--per-monitor`` adds one row per monitor alone. Prints one JSON line and a
 markdown table.
 """
@@ -29,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import statistics
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -37,21 +39,29 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from _timing import (
+    NULL,
     Batches,
     DeviceSettings,
+    DoNothing,
     add_threads_option,
     apply_threads,
     device_settings,
     hardware,
     interleave,
+    judge,
     make_clock,
+    markdown_table,
     quiet_lightning,
+    ratio_cell,
+    step_ratios,
+    target_cell,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 MONITORS = ("WeightNormMonitor", "GradientHealth", "ActivationStats", "InputRangeCheck")
-TARGETS = {"cpu-mlp": 1.05, "gpu-resnet18": 1.01}
+#: Mean-step ratio targets (issue 13: the four monitors <= 1.03x on the CPU MLP, <= 1.01x on a ResNet-18 GPU step).
+TARGETS = {"cpu-mlp": 1.03, "gpu-resnet18": 1.01}
 
 
 def available_monitors() -> tuple[list[type[pl.Callback]], list[str]]:
@@ -160,27 +170,38 @@ def measure(
     settings = device_settings("cuda" if setting.startswith("gpu") else "cpu")
     runs = interleave(list(configs), repeats, lambda name, r: time_fit(setting, configs[name], settings, steps, r,
                                                                        clock)[warmup:])  # fmt: skip
-    pooled = {m: statistics.median(t for run in runs[m] for t in run) for m in runs}
-    mean = {m: statistics.median(statistics.fmean(t) for t in runs[m]) for m in runs}
+    ratios = step_ratios(runs)
     return [
-        {
-            "setting": setting,
-            "monitors": name,
-            "hardware": hardware(settings),
-            "clock": clock,
-            "steps_timed": steps - warmup,
-            "repeats": repeats,
-            "off_median_ms": 1e3 * pooled["off"],
-            "on_median_ms": 1e3 * pooled[name],
-            "off_mean_ms": 1e3 * mean["off"],
-            "on_mean_ms": 1e3 * mean[name],
-            "ratio_median": pooled[name] / pooled["off"],
-            "ratio_mean": mean[name] / mean["off"],
-            "target": TARGETS[setting],
-        }
+        judge(
+            {
+                "setting": setting,
+                "name": name,
+                "monitors": name,
+                "hardware": hardware(settings),
+                "clock": clock,
+                "steps_timed": steps - warmup,
+                "repeats": repeats,
+                **ratios[name],
+            },
+            None if name == NULL else TARGETS[setting],
+        )
         for name in configs
         if name != "off"
     ]
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The markdown table of a run's JSON line (``tables.py`` regenerates the README's tables with it)."""
+    header = ["setting", "monitors on", "hardware, clock", "off ms/step (median / mean)", "on ms/step (median / mean)",
+              "ratio median ± noise", "ratio mean ± noise", "target (mean)"]  # fmt: skip
+    rows = [
+        [r["setting"], r["monitors"], f"{r['hardware']}, {r['clock']}",
+         f"{r['off_median_ms']:.3f} / {r['off_mean_ms']:.3f}", f"{r['on_median_ms']:.3f} / {r['on_mean_ms']:.3f}",
+         ratio_cell(r["ratio_median"], r["noise_median"]), ratio_cell(r["ratio_mean"], r["noise_mean"]),
+         target_cell(r)]
+        for r in payload["results"]
+    ]  # fmt: skip
+    return "\n".join([markdown_table(header, rows), *(f"Note: {note}" for note in payload["notes"])])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -188,7 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
-    add_threads_option(parser, default=0)
+    add_threads_option(parser)
     parser.add_argument("--settings", nargs="+", choices=sorted(TARGETS), default=sorted(TARGETS))
     parser.add_argument(
         "--cpu-clock",
@@ -202,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     quiet_lightning()
 
     monitors, notes = available_monitors()
-    configs: dict[str, list[type[pl.Callback]]] = {"off": [], "all": monitors}
+    configs: dict[str, list[type[pl.Callback]]] = {"off": [], NULL: [DoNothing], "all": monitors}
     if args.per_monitor:
         configs.update({cls.__name__: [cls] for cls in monitors})
     results = []
@@ -212,21 +233,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             continue
         clock = "wall" if setting.startswith("gpu") else args.cpu_clock
         results += measure(setting, configs, args.steps, args.repeats, args.warmup, clock)
-    print(json.dumps({"monitors": [m.__name__ for m in monitors], "notes": notes, "results": results}))
+    payload = {"monitors": [m.__name__ for m in monitors], "notes": notes, "results": results}
+    print(json.dumps(payload))
     print()
-    print("| setting | monitors on | hardware, clock | off ms/step (median / mean) | on ms/step (median / mean)"
-          " | ratio median | ratio mean | target |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        verdict = "ok" if r["ratio_mean"] <= r["target"] else "over"
-        print(
-            f"| {r['setting']} | {r['monitors']} | {r['hardware']}, {r['clock']}"
-            f" | {r['off_median_ms']:.3f} / {r['off_mean_ms']:.3f}"
-            f" | {r['on_median_ms']:.3f} / {r['on_mean_ms']:.3f} | {r['ratio_median']:.3f} | {r['ratio_mean']:.3f}"
-            f" | <= {r['target']} ({verdict}) |"
-        )
-    for note in notes:
-        print(f"Note: {note}")
+    print(render(payload))
     return results
 
 

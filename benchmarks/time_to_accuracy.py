@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (YAML values)")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke tests: batches per epoch and stage")
-    add_threads_option(parser, default=0)
+    add_threads_option(parser)
     parser.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="combine saved outputs and exit")
     args = parser.parse_args(argv)
     if args.merge:
