@@ -19,7 +19,8 @@ GPU: ``bf16-mixed`` (autocast in the plain loop), ``channels_last`` and on-devic
 ``torch.cuda.synchronize()`` only at the epoch boundaries. On the CPU the clock is the process CPU time by default
 (robust to other processes on a shared machine; ``--clock wall`` for wall time).
 
-Settings (``--settings``): ``cpu-mlp`` (MLP 512-256, batch norm, dropout, 8192 training images), ``cpu-resnet``
+Settings (``--settings``): ``cpu-mlp`` (MLP 512-256, batch norm, dropout, 8192 training images), ``cpu-mlp-256``
+(MLP 256-256, batch 128, 8192 images: ``hook_cost.py``'s network), ``cpu-resnet``
 (ResNet with two stages of one block, width 16, 2048 images), ``gpu-mlp`` (``examples/configs/mlp.yaml``'s MLP, full
 data), ``gpu-resnet18`` (``examples/configs/resnet.yaml``: ResNet-18 layout, batch 512, full data). GPU target:
 ``lightning_ours / plain <= 1.03``.
@@ -68,6 +69,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "model": MLPClassifier,
         "model_args": {"hidden_sizes": [512, 256], "norm": "batch", "dropout": 0.2},
         "data_args": {"batch_size": 256, "train_subset": 8192, "val_size": 1024},
+    },
+    "cpu-mlp-256": {  # hook_cost.py's MLP 784-256-256-10 at batch 128
+        "model": MLPClassifier,
+        "model_args": {"hidden_sizes": [256, 256]},
+        "data_args": {"batch_size": 128, "train_subset": 8192, "val_size": 1024},
     },
     "cpu-resnet": {
         "model": ResNetClassifier,
@@ -257,7 +263,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     apply_threads(args.threads)
     quiet_lightning()
     settings = device_settings()
-    names = args.settings or [n for n in SETTINGS if n.startswith("gpu" if settings.cuda else "cpu")]
+    default = ["gpu-mlp", "gpu-resnet18"] if settings.cuda else ["cpu-mlp", "cpu-resnet"]
+    names = args.settings or default
     if args.train_subset is not None:
         for name in names:
             SETTINGS[name]["data_args"] = {**SETTINGS[name]["data_args"], "train_subset": args.train_subset}
