@@ -1,5 +1,5 @@
 # The README's two commands: `make train` and `make test`. Both set up .venv first (scripts/setup.sh).
-.PHONY: setup train test lint
+.PHONY: setup train test lint gpu-check
 
 setup:
 	bash scripts/setup.sh
@@ -12,3 +12,7 @@ test: setup
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# On one H100/H200, ~8 min: GPU tests, Trainer vs plain loop, monitor overhead, time to accuracy, bf16, torch.compile.
+gpu-check: setup
+	.venv/bin/python benchmarks/gpu_check.py

@@ -105,7 +105,8 @@ def test_callback_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     bench = load("callback_overhead")
     args = ["--settings", "cpu-mlp", "--steps", "6", "--warmup", "1", "--repeats", "1", "--only", "EMA"]
     results = bench.main([*args, "--threads", "0"])
-    assert [r["callbacks"] for r in results] == ["EMA", "all"]
+    assert [r["callbacks"] for r in results] == ["do-nothing", "EMA", "all"]
+    assert all(r["noise_mean"] >= abs(results[0]["ratio_mean"] - 1) for r in results)  # the do-nothing row sets it
     for r in results:
         assert r["steps_timed"] == 5
         assert r["on_median_ms"] > 0 and r["off_median_ms"] > 0
@@ -152,14 +153,97 @@ def test_ema_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in results, sorted(results)
         for key in ("update_lightning_over_ours", "step_ours_over_none", "step_lightning_over_none"):
             assert math.isfinite(results[name][key]) and results[name][key] > 0
-    assert "PL/ours" in capsys.readouterr().out
+        assert results[name]["step_noise"] >= abs(results[name]["step_nothing_over_none"] - 1)
+    assert "Lightning / ours" in capsys.readouterr().out
 
 
 def test_monitor_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     results = load("monitor_overhead").main(
         ["--settings", "cpu-mlp", "--steps", "4", "--warmup", "1", "--repeats", "1"]
     )
-    assert {r["monitors"] for r in results} >= {"all"}
+    assert {r["monitors"] for r in results} >= {"all", "do-nothing"}
+    assert all(r["verdict"] in ("ok", "over", "implausible", "-") for r in results)
     assert all(math.isfinite(r["ratio_median"]) and r["ratio_median"] > 0 for r in results)
     printed = capsys.readouterr().out
     assert "| cpu-mlp | all |" in printed and "ratio median" in printed
+
+
+def test_noise_floor_and_verdicts() -> None:
+    """A ratio under its do-nothing noise floor is implausible (a warning, never "ok"); the floor is the worst round."""
+    timing = load("_timing")
+    runs = {
+        "off": [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]],
+        timing.NULL: [[1.02, 1.02, 1.02], [1.9, 1.9, 1.9]],  # rounds: +2%, -5%
+        "cheap": [[1.01, 1.01, 1.01], [2.02, 2.02, 2.02]],
+        "too_fast": [[0.8, 0.8, 0.8], [1.6, 1.6, 1.6]],
+        "slow": [[1.3, 1.3, 1.3], [2.6, 2.6, 2.6]],
+    }
+    ratios = timing.step_ratios(runs)
+    assert "off" not in ratios
+    assert ratios["cheap"]["noise_mean"] == pytest.approx(0.05)  # the worse of the two rounds
+    assert ratios["slow"]["ratio_mean"] == pytest.approx(1.3)
+    rows = {name: timing.judge({"name": name, **ratios[name]}, target=1.05) for name in ("cheap", "too_fast", "slow")}
+    assert (rows["cheap"]["verdict"], rows["cheap"]["warning"]) == ("ok", None)
+    assert rows["too_fast"]["verdict"] == "implausible" and "below 1 - noise" in rows["too_fast"]["warning"]
+    assert timing.target_cell(rows["too_fast"]) == "implausible (see warning)"
+    assert rows["slow"]["verdict"] == "over"
+    assert timing.verdict(0.97, 0.05) == ("-", None)  # inside the noise: no target, no warning
+    assert timing.ratio_cell(1.0432, 0.0123) == "1.043 ± 0.012"
+
+
+def test_hook_cost_smoke_and_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load("hook_cost")
+    args = ["--groups", "clipping", "ema", "--steps", "5", "--warmup", "1", "--repeats", "1", "--plain-epochs", "0"]
+    payload = bench.main(args)
+    rows = {row["implementation"]: row for row in payload["rows"]}
+    timm = "timm ModelEmaV3(decay=0.999) in a callback"
+    expected = {
+        "do-nothing callback (noise floor)",
+        'GradientClipping(mode="norm", threshold=1)',
+        "Trainer(gradient_clip_val=1)",
+        "EMA(decay=0.999)",
+        "Lightning EMAWeightAveraging(decay=0.999)",
+    }
+    assert set(rows) == expected | ({timm} if bench.HAS_TIMM else set())
+    if not bench.HAS_TIMM:
+        assert any("timm is not installed" in note for note in payload["notes"])
+    # Lightning's clip_gradients was timed once per step, and our clipping hook ran once per step
+    assert rows["Trainer(gradient_clip_val=1)"]["hook_calls_per_step"] == 1.0
+    assert rows['GradientClipping(mode="norm", threshold=1)']["hook_calls_per_step"] == 1.0
+    assert all(row["hook_ms_mean"] > 0 for row in rows.values())
+    assert rows["do-nothing callback (noise floor)"]["hook_calls_per_step"] >= 6  # every per-step hook, wrapped
+    assert [c["group"] for c in payload["comparisons"]] == ["clipping", "ema"]
+    for c in payload["comparisons"]:
+        assert c["met"] == (c["ours_hook_ms"] <= c["cheapest_peer_hook_ms"])
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0]) == payload
+    assert "| clipping | **ours** GradientClipping" in out
+
+    tables = load("tables")
+    saved = tmp_path / "run.txt"
+    saved.write_text(out)
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- table: hook_cost -->\nold table\n<!-- /table: hook_cost -->\nafter\n")
+    tables.main(["hook_cost", str(saved), "--into", str(doc)])
+    text = doc.read_text()
+    assert "old table" not in text and bench.render(payload) in text and text.endswith("after\n")
+    tables.main(["hook_cost", str(saved), "--into", str(doc)])
+    assert doc.read_text() == text  # idempotent
+    with pytest.raises(ValueError, match="no '<!-- table: monitor_overhead -->'"):
+        tables.replace_block("no markers", "monitor_overhead", "x", "y")
+    with pytest.raises(ValueError, match="holds no JSON line"):
+        tables.read_payload(doc)
+
+
+def test_gpu_check_dry_run(data_env: None, tmp_path: Path) -> None:
+    """The GPU check's every step runs on the CPU at toy sizes and leaves its JSON and markdown summaries."""
+    bench = load("gpu_check")
+    payload = bench.main(["--dry-run", "--out", str(tmp_path)])
+    assert [s["name"] for s in payload["steps"]] == [s.name for s in bench.STEPS]
+    assert all(s["status"] == "ran" for s in payload["steps"]), [(s["name"], s.get("error")) for s in payload["steps"]]
+    assert all(s["met"] is None for s in payload["steps"])  # toy sizes: no target judged
+    tests = payload["steps"][0]["figures"]
+    assert tests["tests"] > 0 and tests["failures"] == tests["errors"] == 0
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == payload
+    summary = (tmp_path / "gpu_check.md").read_text()
+    assert "dry run" in summary and all(f"| {s.name} | ran |" in summary for s in bench.STEPS)
