@@ -295,3 +295,19 @@ def target_cell(row: dict[str, Any]) -> str:
     if row["verdict"] == "implausible":
         return "implausible (see warning)"
     return "-" if row["target"] is None else f"<= {row['target']} ({row['verdict']})"
+
+
+def ratio_table(payload: dict[str, Any], key: str, label: str) -> str:
+    """The markdown table of an overhead script's JSON line: one row per ``payload["results"]`` entry (named by
+    ``key``), ratios beside their noise floors, then the notes."""
+    header = ["setting", label, "hardware, precision, clock", "off ms/step (median / mean)",
+              "on ms/step (median / mean)", "on/off median ± noise", "on/off mean ± noise",
+              "target (mean)"]  # fmt: skip
+    rows = [
+        [r["setting"], r[key], ", ".join(str(r[k]) for k in ("hardware", "precision", "clock") if k in r),
+         f"{r['off_median_ms']:.3f} / {r['off_mean_ms']:.3f}", f"{r['on_median_ms']:.3f} / {r['on_mean_ms']:.3f}",
+         ratio_cell(r["ratio_median"], r["noise_median"]), ratio_cell(r["ratio_mean"], r["noise_mean"]),
+         target_cell(r)]
+        for r in payload["results"]
+    ]  # fmt: skip
+    return "\n".join([markdown_table(header, rows), *(f"Note: {note}" for note in payload["notes"])])

@@ -44,11 +44,9 @@ from _timing import (
     interleave,
     judge,
     make_clock,
-    markdown_table,
     quiet_lightning,
-    ratio_cell,
+    ratio_table,
     step_ratios,
-    target_cell,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -187,17 +185,7 @@ def measure(setting: str, configs: dict[str, list[str]], steps: int, repeats: in
 
 def render(payload: dict[str, Any]) -> str:
     """The markdown table of a run's JSON line (``tables.py`` regenerates the README's tables with it)."""
-    header = ["setting", "callbacks on", "hardware, precision, clock", "off ms/step (median / mean)",
-              "on ms/step (median / mean)", "on/off median ± noise", "on/off mean ± noise",
-              "target (mean)"]  # fmt: skip
-    rows = [
-        [r["setting"], r["callbacks"], f"{r['hardware']}, {r['precision']}, {r['clock']}",
-         f"{r['off_median_ms']:.3f} / {r['off_mean_ms']:.3f}", f"{r['on_median_ms']:.3f} / {r['on_mean_ms']:.3f}",
-         ratio_cell(r["ratio_median"], r["noise_median"]), ratio_cell(r["ratio_mean"], r["noise_mean"]),
-         target_cell(r)]
-        for r in payload["results"]
-    ]  # fmt: skip
-    return "\n".join([markdown_table(header, rows), *(f"Note: {note}" for note in payload["notes"])])
+    return ratio_table(payload, "callbacks", "callbacks on")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -148,15 +148,15 @@ STEPS = [
     Step("sync_debug_tests", "all GPU tests pass, none skipped", 90, _pytest),
     Step("trainer_vs_plain", "our Trainer setup <= 1.03x the hand-written loop (ResNet-18, bf16)", 90,
          _trainer_vs_plain),
-    Step("monitors_resnet18", "the four monitors <= 1.01x the mean ResNet-18 step", 60, _monitors),
+    Step("monitors_resnet18", "the four monitors <= 1.01x the mean ResNet-18 step", 90, _monitors),
     Step("tta_resnet", "ResNet >= 95.0% test accuracy in <= 30 s of fit", 45,
          _time_to_accuracy("resnet", 0.95, 30.0, ["resnet.stages=[1]", "resnet.width=4"])),
     Step("tta_mlp", "MLP >= 91% test accuracy in <= 10 s of fit", 30,
          _time_to_accuracy("mlp", 0.91, 10.0, ["mlp.hidden_sizes=[32]"])),
-    Step("tta_inception", "Inception >= 94.0% test accuracy", 90,
+    Step("tta_inception", "Inception >= 94.0% test accuracy", 75,
          _time_to_accuracy("inception", 0.94, None, ["inception.stages=[1]", "inception.width=4",
                                                      "inception.stem_channels=4"])),
-    Step("compile", "torch.compile (bf16) trains the MLP to >= 80% test accuracy in 2 epochs", 60,
+    Step("compile", "torch.compile (bf16) trains the MLP to >= 80% test accuracy in 2 epochs", 45,
          _time_to_accuracy("mlp", 0.80, None, ["mlp.hidden_sizes=[32]"], compile=True)),
 ]  # fmt: skip
 

@@ -50,11 +50,9 @@ from _timing import (
     interleave,
     judge,
     make_clock,
-    markdown_table,
     quiet_lightning,
-    ratio_cell,
+    ratio_table,
     step_ratios,
-    target_cell,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
@@ -178,6 +176,7 @@ def measure(
                 "name": name,
                 "monitors": name,
                 "hardware": hardware(settings),
+                "precision": settings.precision,
                 "clock": clock,
                 "steps_timed": steps - warmup,
                 "repeats": repeats,
@@ -192,16 +191,7 @@ def measure(
 
 def render(payload: dict[str, Any]) -> str:
     """The markdown table of a run's JSON line (``tables.py`` regenerates the README's tables with it)."""
-    header = ["setting", "monitors on", "hardware, clock", "off ms/step (median / mean)", "on ms/step (median / mean)",
-              "ratio median ± noise", "ratio mean ± noise", "target (mean)"]  # fmt: skip
-    rows = [
-        [r["setting"], r["monitors"], f"{r['hardware']}, {r['clock']}",
-         f"{r['off_median_ms']:.3f} / {r['off_mean_ms']:.3f}", f"{r['on_median_ms']:.3f} / {r['on_mean_ms']:.3f}",
-         ratio_cell(r["ratio_median"], r["noise_median"]), ratio_cell(r["ratio_mean"], r["noise_mean"]),
-         target_cell(r)]
-        for r in payload["results"]
-    ]  # fmt: skip
-    return "\n".join([markdown_table(header, rows), *(f"Note: {note}" for note in payload["notes"])])
+    return ratio_table(payload, "monitors", "monitors on")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -165,7 +165,7 @@ def test_monitor_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(r["verdict"] in ("ok", "over", "implausible", "-") for r in results)
     assert all(math.isfinite(r["ratio_median"]) and r["ratio_median"] > 0 for r in results)
     printed = capsys.readouterr().out
-    assert "| cpu-mlp | all |" in printed and "ratio median" in printed
+    assert "| cpu-mlp | all |" in printed and "on/off median ± noise" in printed
 
 
 def test_noise_floor_and_verdicts() -> None:
