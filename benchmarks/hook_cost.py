@@ -14,7 +14,8 @@ Two figures per variant:
   A call is charged to the step running then (from one ``on_train_batch_start`` to the next; the last step runs to
   ``on_train_end``, so per-epoch hooks such as an early-stopping check are amortized over the fit's steps). Not
   counted: module forward hooks (``ActivationStats``' work happens inside the forward; its step ratio shows it) and
-  one-off work before the first step (``setup``, ``on_fit_start``).
+  one-off work before the first step (``setup``, ``on_fit_start``). Where several callbacks are on together (the
+  four monitors, all ten), the hook time is also split by callback class.
 - **step ratio**: ``on / off`` of the median step and of the mean step (``_timing.step_ratios``), each beside its
   noise floor (``do-nothing``: a callback with empty hooks measured the same way, wrapped clocks included); a ratio
   below ``1 - noise`` is flagged implausible and never "ok".
@@ -169,9 +170,11 @@ class HookTimer:
         self.now, self.clock = now, clock
         self.seconds: dict[int, float] = defaultdict(float)
         self.calls: dict[int, int] = defaultdict(int)
+        self.by_owner: dict[tuple[str, int], float] = defaultdict(float)  # (class name, step) -> seconds
 
     def wrap(self, owner: Any, name: str) -> None:
         hook = getattr(owner, name)
+        owner_name = type(owner).__name__
 
         @functools.wraps(hook)
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -179,9 +182,10 @@ class HookTimer:
             try:
                 return hook(*args, **kwargs)
             finally:
-                index = self.clock.index
-                self.seconds[index] += self.now() - start
+                index, seconds = self.clock.index, self.now() - start
+                self.seconds[index] += seconds
                 self.calls[index] += 1
+                self.by_owner[owner_name, index] += seconds
 
         setattr(owner, name, timed)  # Lightning looks hooks up on the instance (getattr), so this is what it calls
 
@@ -211,7 +215,9 @@ def run_variant(variant: Variant, steps: int, warmup: int, seed: int, now: Calla
         "steps": clock.step_times()[warmup:],
         "hook": [timer.seconds[i] for i in timed],
         "calls": [timer.calls[i] for i in timed],
-    }
+        "by_callback": {type(c).__name__: sum(timer.by_owner[type(c).__name__, i] for i in timed) / len(timed)
+                        for c in extra},
+    }  # fmt: skip
 
 
 def summarize(chosen: dict[str, Variant], runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -232,6 +238,10 @@ def summarize(chosen: dict[str, Variant], runs: dict[str, list[dict[str, Any]]])
             # ... and of the pooled steps (the typical step)
             "hook_ms_median": 1e3 * statistics.median(t for run in rounds for t in run["hook"]),
             "hook_calls_per_step": statistics.fmean(c for run in rounds for c in run["calls"]),
+            "hook_ms_by_callback": {  # mean over the steps, median over the rounds
+                owner: 1e3 * statistics.median(run["by_callback"][owner] for run in rounds)
+                for owner in rounds[0]["by_callback"]
+            },
             **ratios[name],
         }
         rows.append(judge(row, target))
@@ -290,6 +300,13 @@ def render(payload: dict[str, Any]) -> str:
          target_cell(r)]
         for r in payload["rows"]
     ]  # fmt: skip
+    split = [r for r in payload["rows"] if len(r["hook_ms_by_callback"]) > 1]
+    split_tables = [
+        "\n".join([f"Hook CPU ms/step by callback, {r['implementation']} (mean over the steps):", "",
+                   markdown_table(list(r["hook_ms_by_callback"]),
+                                  [[f"{ms:.3f}" for ms in r["hook_ms_by_callback"].values()]])])
+        for r in split
+    ]  # fmt: skip
     first = payload["rows"][0] if payload["rows"] else {}
     lines = [
         f"{payload['hardware']}, {payload['clock']} clock, load average {payload['load']}, {payload['steps_timed']}"
@@ -297,6 +314,7 @@ def render(payload: dict[str, Any]) -> str:
         f" {first.get('off_mean_ms', 0):.3f} ms mean step.",
         "",
         markdown_table(header, rows),
+        *(f"\n{table}" for table in split_tables),
     ]
     plain = payload["trainer_vs_plain"]
     if plain is not None:
