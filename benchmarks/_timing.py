@@ -270,16 +270,19 @@ def step_ratios(runs: dict[str, list[list[float]]], off: str = "off") -> dict[st
 
 
 def judge(row: dict[str, Any], target: float | None = None) -> dict[str, Any]:
-    """Add ``verdict`` (``ok`` / ``over`` / ``implausible`` / ``-``) and ``warning`` to a :func:`step_ratios` row.
+    """Add ``verdict`` (``ok`` / ``over`` / ``implausible`` / ``-``), ``warning`` and ``within_noise`` to a
+    :func:`step_ratios` row.
 
     The target applies to the mean ratio; either ratio below its noise floor makes the row implausible (and warns).
+    ``within_noise``: the mean ratio is within its noise of the target, so "ok" or "over" is not settled by this run.
     """
     _, median_warning = verdict(row["ratio_median"], row["noise_median"])
     text, mean_warning = verdict(row["ratio_mean"], row["noise_mean"], target)
     warning = None
     if mean_warning or median_warning:
         warning = f"mean step: {mean_warning}" if mean_warning else f"median step: {median_warning}"
-    row.update(target=target, verdict="implausible" if warning else text, warning=warning)
+    within = target is not None and abs(row["ratio_mean"] - target) <= row["noise_mean"]
+    row.update(target=target, verdict="implausible" if warning else text, warning=warning, within_noise=within)
     if warning:
         warn(f"{row.get('name', '')}: {warning}")
     return row
@@ -291,10 +294,11 @@ def ratio_cell(ratio: float, noise: float) -> str:
 
 
 def target_cell(row: dict[str, Any]) -> str:
-    """``<= 1.05 (ok)``, ``implausible``, or ``-`` for a :func:`judge` row."""
+    """``<= 1.05 (ok)``, ``<= 1.05 (over, within noise)``, ``implausible``, or ``-`` for a :func:`judge` row."""
     if row["verdict"] == "implausible":
         return "implausible (see warning)"
-    return "-" if row["target"] is None else f"<= {row['target']} ({row['verdict']})"
+    within = ", within noise" if row.get("within_noise") else ""
+    return "-" if row["target"] is None else f"<= {row['target']} ({row['verdict']}{within})"
 
 
 def ratio_table(payload: dict[str, Any], key: str, label: str) -> str:

@@ -186,7 +186,8 @@ def test_noise_floor_and_verdicts() -> None:
     assert (rows["cheap"]["verdict"], rows["cheap"]["warning"]) == ("ok", None)
     assert rows["too_fast"]["verdict"] == "implausible" and "below 1 - noise" in rows["too_fast"]["warning"]
     assert timing.target_cell(rows["too_fast"]) == "implausible (see warning)"
-    assert rows["slow"]["verdict"] == "over"
+    assert rows["slow"]["verdict"] == "over" and not rows["slow"]["within_noise"]
+    assert rows["cheap"]["within_noise"] and timing.target_cell(rows["cheap"]) == "<= 1.05 (ok, within noise)"
     assert timing.verdict(0.97, 0.05) == ("-", None)  # inside the noise: no target, no warning
     assert timing.ratio_cell(1.0432, 0.0123) == "1.043 ± 0.012"
 
