@@ -32,7 +32,7 @@ our Trainer setup vs a hand-written loop on the same MLP (``trainer_vs_plain.py`
 Targets (issue 13): each callback's hook time at or below its cheapest peer's; the four monitors <= 1.03x and all
 ten <= 1.10x the no-callback mean step; our Trainer setup <= 1.10x the hand-written loop's epoch.
 
-Usage: ``python benchmarks/hook_cost.py [--steps 150] [--repeats 5] [--groups clipping ema] [--plain-epochs 3]``.
+Usage: ``python benchmarks/hook_cost.py [--steps 150] [--repeats 7] [--groups clipping ema] [--plain-epochs 3]``.
 Prints one JSON line and markdown tables (``tables.py`` puts them into the README and ``RESULTS.md``).
 """
 
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=GROUPS)
     parser.add_argument("--plain-epochs", type=int, default=3, help="trainer vs plain loop epochs (0: skip it)")
     parser.add_argument("--plain-subset", type=int, default=8192, help="training images of the trainer vs plain run")
