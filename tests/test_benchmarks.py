@@ -250,3 +250,22 @@ def test_gpu_check_dry_run(data_env: None, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == payload
     summary = (tmp_path / "gpu_check.md").read_text()
     assert "dry run" in summary and all(f"| {s.name} | ran |" in summary for s in bench.STEPS)
+
+
+def test_docs_tables_are_the_stored_results() -> None:
+    """Every generated table in the README and RESULTS.md is the rendering of its stored JSON (no hand edits)."""
+    tables = load("tables")
+    root = BENCHMARKS.parent
+    stored = sorted((BENCHMARKS / "results").glob("*.json"))
+    assert stored, "benchmarks/results/ holds no stored run"
+    for path in stored:
+        name = path.stem
+        table = tables.render(name, tables.read_payload(path))
+        found = 0
+        for doc in (root / "README.md", BENCHMARKS / "RESULTS.md"):
+            text = doc.read_text()
+            if f"<!-- table: {name} -->" in text:
+                found += 1
+                regenerated = tables.replace_block(text, name, table, f"benchmarks/results/{name}.json")
+                assert regenerated == text, f"{doc.name}'s {name} table differs from {path.name}: rerun tables.py"
+        assert found, f"{path.name} is shown in neither README.md nor RESULTS.md"
