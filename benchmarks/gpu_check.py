@@ -66,7 +66,8 @@ def _pytest(dry: bool, args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", *paths,
                    f"--junitxml={report}"]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        # a hung CUDA test must not eat the whole budget (pytest-timeout also ends a single test after 300 s)
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=240)
         print(done.stdout[-4000:], done.stderr[-2000:], sep="\n")
         if not report.exists():
             raise RuntimeError(f"pytest wrote no report (exit {done.returncode}): {done.stderr[-500:]}")
