@@ -182,7 +182,7 @@ def measure(
                 "repeats": repeats,
                 **ratios[name],
             },
-            None if name == NULL else TARGETS[setting],
+            TARGETS[setting] if name == "all" else None,  # the target is for the four together
         )
         for name in configs
         if name != "off"
