@@ -8,14 +8,15 @@ per round, the order rotating each round (``_timing.interleave``); medians over 
 Two figures per variant:
 
 - **hook time per step**: the process CPU time spent inside the variant's hooks, per optimizer step (one optimizer,
-  so a batch is a step). Every hook a callback overrides is wrapped with the clock; for
+  so a batch is a step). Every hook a callback overrides is wrapped with the clock, and so is every optimizer step
+  hook and module forward hook it registers from them (the package's step rule runs EMA's update and LRDecay's
+  next learning rate in ``Optimizer.register_step_post_hook``; ActivationStats works in forward hooks); for
   ``Trainer(gradient_clip_val=1)``, whose cost lives in Lightning's ``precision_plugin.clip_gradients`` (called from
   ``LightningModule.configure_gradient_clipping`` after ``on_before_optimizer_step``), that call is wrapped instead.
   A call is charged to the step running then (from one ``on_train_batch_start`` to the next; the last step runs to
   ``on_train_end``, so per-epoch hooks such as an early-stopping check are amortized over the fit's steps). Not
-  counted: module forward hooks (``ActivationStats``' work happens inside the forward; its step ratio shows it) and
-  one-off work before the first step (``setup``, ``on_fit_start``). Where several callbacks are on together (the
-  four monitors, all ten), the hook time is also split by callback class.
+  counted: one-off work before the first step (``setup``, ``on_fit_start``). Where several callbacks are on together
+  (the four monitors, all ten), the hook time is also split by callback class.
 - **step ratio**: ``on / off`` of the median step and of the mean step (``_timing.step_ratios``), each beside its
   noise floor (``do-nothing``: a callback with empty hooks measured the same way, wrapped clocks included); a ratio
   below ``1 - noise`` is flagged implausible and never "ok".
@@ -39,15 +40,17 @@ Prints one JSON line and markdown tables (``tables.py`` puts them into the READM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import lightning.pytorch as pl
 import torch
@@ -163,37 +166,75 @@ GROUPS = ["clipping", "ema", "grad-norm monitor", "early stopping", "monitors", 
 HOOKS = [name for name in vars(pl.Callback) if name.startswith("on_") or name in ("setup", "teardown")]
 
 
+#: Registrations a callback may make from its hooks whose callbacks then run outside the callback hooks: optimizer
+#: step hooks (the package's step rule: EMA's update, LRDecay's next lr) and module forward hooks (ActivationStats).
+REGISTRATIONS = [
+    (torch.optim.Optimizer, "register_step_pre_hook"),
+    (torch.optim.Optimizer, "register_step_post_hook"),
+    (torch.nn.Module, "register_forward_pre_hook"),
+    (torch.nn.Module, "register_forward_hook"),
+]
+
+
 class HookTimer:
-    """Wraps hooks with the clock and charges every call to the step ``StepClock`` says is running."""
+    """Wraps hooks with the clock and charges every call to the step ``StepClock`` says is running.
+
+    Also times what a timed hook registers (:data:`REGISTRATIONS`), charged to the same callback. A call made inside
+    another timed call (nested) is already in that call's time and is not counted again.
+    """
 
     def __init__(self, now: Callable[[], float], clock: StepClock) -> None:
         self.now, self.clock = now, clock
         self.seconds: dict[int, float] = defaultdict(float)
         self.calls: dict[int, int] = defaultdict(int)
         self.by_owner: dict[tuple[str, int], float] = defaultdict(float)  # (class name, step) -> seconds
+        self.running: list[str] = []  # the owner of the timed call in progress (at most one: nested calls are not)
 
-    def wrap(self, owner: Any, name: str) -> None:
-        hook = getattr(owner, name)
-        owner_name = type(owner).__name__
-
-        @functools.wraps(hook)
-        def timed(*args: Any, **kwargs: Any) -> Any:
+    def timed(self, function: Callable[..., Any], owner: str) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if self.running:  # nested: already inside a timed call
+                return function(*args, **kwargs)
+            self.running.append(owner)
             start = self.now()
             try:
-                return hook(*args, **kwargs)
+                return function(*args, **kwargs)
             finally:
                 index, seconds = self.clock.index, self.now() - start
+                self.running.pop()
                 self.seconds[index] += seconds
                 self.calls[index] += 1
-                self.by_owner[owner_name, index] += seconds
+                self.by_owner[owner, index] += seconds
 
-        setattr(owner, name, timed)  # Lightning looks hooks up on the instance (getattr), so this is what it calls
+        return run
+
+    def wrap(self, owner: Any, name: str) -> None:
+        # Lightning looks hooks up on the instance (getattr), so this is what it calls
+        setattr(owner, name, self.timed(getattr(owner, name), type(owner).__name__))
 
     def wrap_callback(self, callback: pl.Callback) -> None:
         """Wrap every hook the callback's class overrides."""
         for name in HOOKS:
             if getattr(type(callback), name) is not getattr(pl.Callback, name):
                 self.wrap(callback, name)
+
+    @contextlib.contextmanager
+    def registrations(self) -> Iterator[None]:
+        """While active, a hook registered from inside a timed call is timed too, charged to that call's owner."""
+        timer = self
+
+        def patched(original: Callable[..., Any]) -> Callable[..., Any]:
+            def register(target: Any, hook: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+                if timer.running:
+                    hook = timer.timed(hook, timer.running[-1])
+                return original(target, hook, *args, **kwargs)
+
+            return register
+
+        with contextlib.ExitStack() as stack:
+            for cls, name in REGISTRATIONS:
+                stack.enter_context(mock.patch.object(cls, name, patched(getattr(cls, name))))
+            yield
 
 
 def run_variant(variant: Variant, steps: int, warmup: int, seed: int, now: Callable[[], float]) -> dict[str, Any]:
@@ -209,7 +250,8 @@ def run_variant(variant: Variant, steps: int, warmup: int, seed: int, now: Calla
             timer.wrap(trainer.precision_plugin, "clip_gradients")
 
     settings = device_settings("cpu")
-    time_fit(SETTING, extra, settings, steps, seed, clock, variant.trainer_kwargs, instrument)
+    with timer.registrations():
+        time_fit(SETTING, extra, settings, steps, seed, clock, variant.trainer_kwargs, instrument)
     timed = range(warmup, len(clock.step_times()))
     return {
         "steps": clock.step_times()[warmup:],

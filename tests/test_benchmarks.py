@@ -269,3 +269,29 @@ def test_docs_tables_are_the_stored_results() -> None:
                 regenerated = tables.replace_block(text, name, table, f"benchmarks/results/{name}.json")
                 assert regenerated == text, f"{doc.name}'s {name} table differs from {path.name}: rerun tables.py"
         assert found, f"{path.name} is shown in neither README.md nor RESULTS.md"
+
+
+def test_hook_timer_times_the_hooks_a_callback_registers() -> None:
+    """An optimizer step hook registered from a timed callback hook is timed and charged to that callback."""
+    import lightning.pytorch as pl
+
+    bench = load("hook_cost")
+    ticks = iter(range(100))
+    timer = bench.HookTimer(lambda: float(next(ticks)), bench.StepClock(lambda: 0.0))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    post_calls: list[str] = []
+
+    class Registers(pl.Callback):
+        def on_fit_start(self, *args: object) -> None:
+            optimizer.register_step_post_hook(lambda *a: post_calls.append("timed"))
+
+    callback = Registers()
+    timer.wrap_callback(callback)
+    with timer.registrations():
+        callback.on_fit_start(None, None)
+        optimizer.register_step_post_hook(lambda *a: post_calls.append("not timed"))  # not from a timed hook
+    optimizer.step()
+    assert post_calls == ["timed", "not timed"]
+    assert timer.calls[-1] == 2  # on_fit_start, then the post hook (before any batch: step -1)
+    assert {owner for owner, _ in timer.by_owner} == {"Registers"}
+    assert timer.seconds[-1] == 2.0  # each timed call took one tick of the fake clock
