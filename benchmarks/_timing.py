@@ -29,6 +29,8 @@ from typing import Any, Literal, TypeVar
 import lightning.pytorch as pl
 import torch
 
+from lightning_tricks import _threads
+
 ClockName = Literal["process", "wall"]
 T = TypeVar("T")
 
@@ -127,21 +129,23 @@ def interleave(names: Sequence[str], repeats: int, run: Callable[[str, int], T])
     return results
 
 
-def add_threads_option(parser: argparse.ArgumentParser, default: int = 1) -> None:
-    """Add ``--threads`` (torch CPU threads; 0 leaves torch's default); :func:`apply_threads` applies it."""
+def add_threads_option(parser: argparse.ArgumentParser, default: int | None = 1) -> None:
+    """Add ``--threads`` (torch CPU threads; 0: torch's default); :func:`apply_threads` applies it.
+
+    ``default=None`` follows :mod:`lightning_tricks._threads` (``OMP_NUM_THREADS`` when set, else 1 on 2 cores).
+    """
     why = " 1 by default: on a shared machine idle OpenMP threads spin, which the process clock would count"
     parser.add_argument(
         "--threads",
         type=int,
         default=default,
-        help="torch CPU threads (0: torch's default)." + (why if default else ""),
+        help="torch CPU threads (0: torch's default)." + (why if default == 1 else ""),
     )
 
 
-def apply_threads(threads: int) -> None:
-    """``torch.set_num_threads(threads)`` when ``threads`` > 0."""
-    if threads > 0:
-        torch.set_num_threads(threads)
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads by :func:`lightning_tricks._threads.apply_threads`; print the choice once."""
+    return _threads.apply_threads(threads, announce=print)
 
 
 def median(values: Iterable[float]) -> float:

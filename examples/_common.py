@@ -41,6 +41,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
+from lightning_tricks._threads import apply_threads
 from lightning_tricks.data import FashionMNISTDataModule
 from lightning_tricks.models import Classifier
 from lightning_tricks.report import report as draw_curves
@@ -171,9 +172,9 @@ def parse_args(
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (0: torch's default). One thread is fastest for these small models on a small or "
-        "shared CPU: on the 2-core VM of the results, 2 threads made a training step 16x slower under load",
+        default=None,
+        help="torch CPU threads (0: torch's default). Default: OMP_NUM_THREADS when set, else 1 on a machine with 2 "
+        "cores or fewer (faster there for these small models, see benchmarks/RESULTS.md), else torch's default",
     )
     parser.add_argument("--smoke", action="store_true", help="2 batches per stage, 1 epoch: checks the script runs")
     parser.add_argument(
@@ -188,8 +189,10 @@ def parse_args(
     args.argv = argv
     if args.smoke:
         args.epochs = 1
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    try:
+        apply_threads(args.threads, announce=print)
+    except ValueError as err:
+        parser.error(str(err))
     for option in ("epochs", "batch_size"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")

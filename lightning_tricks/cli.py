@@ -54,6 +54,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lightning_tricks import _quiet, _threads
 from lightning_tricks import callbacks as _callbacks
 from lightning_tricks import data as _data
 from lightning_tricks import models as _models
@@ -316,6 +317,41 @@ def pin_logger_version(trainer: Trainer, ckpt_path: str | None) -> None:
             logger.version  # noqa: B018  (resolves and caches the next free version)
 
 
+def add_threads_argument(parser: LightningArgumentParser) -> None:
+    """Add ``--threads N``: torch's CPU threads for this run (see :mod:`lightning_tricks._threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=int | None,
+        default=None,
+        help="torch CPU threads (0: torch's default). Default: OMP_NUM_THREADS / MKL_NUM_THREADS when set, else 1 on "
+        "a machine with 2 cores or fewer (faster there for these models, see benchmarks/RESULTS.md), else torch's.",
+    )
+
+
+def apply_thread_policy(config: Any) -> None:
+    """Set torch's CPU threads from ``--threads`` or the policy of :mod:`lightning_tricks._threads`; say so once."""
+    try:
+        _threads.apply_threads(config.get("threads"), announce=rank_zero_info)
+    except ValueError as err:
+        raise ValueError(f"--threads: {err}") from None
+
+
+def progress_bar_off_without_terminal(config: Any) -> bool:
+    """Turn the progress bar off when standard error is no terminal and nobody asked for one; return whether it did.
+
+    A log file or CI output would get one line per refresh (about 77 KB per two epochs of the MLP config). An
+    explicit ``--trainer.enable_progress_bar`` or a progress-bar callback in the config is left as it is.
+    """
+    trainer = config.get("trainer") or {}
+    if trainer.get("enable_progress_bar") is not None or _quiet.is_terminal():
+        return False
+    callbacks = trainer.get("callbacks") or []
+    if any("ProgressBar" in str(getattr(c, "class_path", c)) for c in callbacks):
+        return False
+    trainer["enable_progress_bar"] = False
+    return True
+
+
 class TricksCLI(LightningCLI):
     """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
 
@@ -327,12 +363,20 @@ class TricksCLI(LightningCLI):
             default=True,
             help="After fit, evaluate the best checkpoint on the test set and print its accuracy (fit only).",
         )
+        add_threads_argument(parser)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        apply_thread_policy(config)
+        self._epoch_summary = progress_bar_off_without_terminal(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured Trainer, plus the callbacks of :func:`add_resume_callbacks` for ``fit``."""
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
             add_resume_callbacks(trainer)
+            if getattr(self, "_epoch_summary", False):
+                trainer.callbacks.append(_quiet.EpochSummary())
         return trainer
 
     def _resolve_last_checkpoint(self) -> None:
@@ -355,7 +399,11 @@ class TricksCLI(LightningCLI):
                 "path/to/file.ckpt), or train first with a ModelCheckpoint(save_last=True) (the configs in "
                 "examples/configs have one)."
             )
-        # fit with nothing found: Lightning warns and starts fresh, which is what a first run wants.
+        else:
+            # fit with nothing found starts fresh, which is what a first run wants; saying so here instead of passing
+            # "last" on spares the user Lightning's "HINT: Set `ModelCheckpoint(..., save_last=True)`" (the configs do).
+            config["ckpt_path"] = None
+            rank_zero_info(f"--ckpt_path last: no checkpoint yet ({searched}); training from the start.")
 
     def before_fit(self) -> None:
         check_writable_dirs(self.trainer)
@@ -393,6 +441,7 @@ class TricksCLI(LightningCLI):
 def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
     """Build (and by default run) the CLI; ``args`` as for LightningCLI (a list of strings or a config dict)."""
     _import_public_names()
+    _quiet.silence_known_noise()
     trainer_defaults: dict[str, Any] = {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

@@ -17,10 +17,13 @@ def build_resnet(
     width: int = 64,
     dropout: float = 0.0,
     zero_init_residual: bool = False,
+    stem_pool: bool = False,
 ) -> nn.Sequential:
     """Build a ResNet of ``torchvision.models.resnet.BasicBlock`` for small images.
 
-    Stem: 3x3 convolution (stride 1, no max-pool, so 28x28 inputs keep their resolution) + BatchNorm + ReLU. Stage
+    Stem: 3x3 convolution (stride 1, so 28x28 inputs keep their resolution) + BatchNorm + ReLU, then with
+    ``stem_pool`` a 2x2 max-pool (28 -> 14: a quarter of the convolution work of every later layer, what makes a
+    small ResNet train in seconds per epoch on a CPU core; ImageNet ResNets pool in their stem too). Stage
     ``i`` has ``stages[i]`` basic blocks of ``width * 2**i`` channels; every stage after the first halves the
     resolution with a stride-2 first block (1x1 projection shortcut). Head: global average pool, dropout, linear.
     Initialization follows torchvision: Kaiming-normal (fan-out) convolutions, BatchNorm weight 1 and bias 0, and with
@@ -32,6 +35,8 @@ def build_resnet(
         nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
     ]
+    if stem_pool:
+        layers.append(nn.MaxPool2d(kernel_size=2))
     inplanes = width
     for index, blocks in enumerate(stages):
         planes = width * 2**index
@@ -72,6 +77,7 @@ class ResNetClassifier(Classifier):
         width: channels of the stem and the first stage.
         dropout: dropout probability before the linear head, in [0, 1).
         zero_init_residual: start the last BatchNorm of every residual branch at zero (Goyal et al., 2017).
+        stem_pool: halve the resolution after the stem with a 2x2 max-pool (a quarter of the work; the CPU recipe).
         **kwargs: the ``Classifier`` options (``optimizer``, ``lr``, ``momentum``, ``weight_decay``,
             ``label_smoothing``, ``lr_schedule``, ``num_classes``, ``in_channels``, ``channels_last``, ``compile``);
             LightningCLI and ``save_hyperparameters`` see them as options of this class.
@@ -90,6 +96,7 @@ class ResNetClassifier(Classifier):
         width: int = 64,
         dropout: float = 0.0,
         zero_init_residual: bool = False,
+        stem_pool: bool = False,
         **kwargs: Any,
     ) -> None:
         if not stages or any(not isinstance(blocks, int) or blocks < 1 for blocks in stages):
@@ -97,4 +104,6 @@ class ResNetClassifier(Classifier):
         check_range("width", width, 1)
         check_range("dropout", dropout, 0.0, 1.0)
         super().__init__(**kwargs)
-        self.net = build_resnet(self.in_channels, self.num_classes, list(stages), width, dropout, zero_init_residual)
+        self.net = build_resnet(
+            self.in_channels, self.num_classes, list(stages), width, dropout, zero_init_residual, stem_pool
+        )
