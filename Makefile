@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup.sh
 
 train: setup
-	.venv/bin/lightning-tricks fit --config examples/configs/mlp.yaml
+	.venv/bin/lightning-tricks fit --config examples/configs/small_resnet.yaml
 
 test: setup
 	.venv/bin/python -m pytest -q

@@ -2,7 +2,7 @@
 
 Runs the CLI on a config (by default ``make train``'s and the MLP recipe's) in fresh subprocesses, one per variant and
 round, interleaved with the order rotating each round (so the neighbours' load hits every variant alike), and reads
-the training-step time off the TensorBoard event times of the run (``train/loss`` logged every ``--log-every``
+the training-step time off the TensorBoard event times of the run (``train/loss_step`` logged every ``--log-every``
 steps: start-up, data loading and the test pass are left out). Each row also gives the 1-minute load average
 (``os.getloadavg``) when the run started, since on a shared machine the answer depends on it.
 
@@ -37,7 +37,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 CONFIGS = ["examples/configs/small_resnet.yaml", "examples/configs/mlp.yaml"]
 
 
-def step_seconds(log_dir: Path, key: str = "train/loss") -> float:
+def step_seconds(log_dir: Path, key: str = "train/loss_step") -> float:
     """Median seconds per optimizer step between consecutive ``key`` events of the one run under ``log_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -103,6 +103,8 @@ class ResNetClassifier(Classifier):
             raise ValueError(f"Expected argument `stages` to be a non-empty list of positive ints, but got {stages}.")
         check_range("width", width, 1)
         check_range("dropout", dropout, 0.0, 1.0)
+        if not isinstance(stem_pool, bool):
+            raise ValueError(f"Expected argument `stem_pool` to be a bool (True or False), but got {stem_pool!r}.")
         super().__init__(**kwargs)
         self.net = build_resnet(
             self.in_channels, self.num_classes, list(stages), width, dropout, zero_init_residual, stem_pool

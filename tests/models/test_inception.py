@@ -48,6 +48,15 @@ def test_stages_downsample_and_forward_backward() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_stem_pool_halves_the_resolution_before_the_first_stage() -> None:
+    model = InceptionClassifier(stages=[1, 1], width=2, stem_channels=4, stem_pool=True)
+    x = torch.randn(2, 1, 28, 28)
+    assert model.net[:2](x).shape == (2, 4, 14, 14)
+    assert model.net[:-4](x).shape == (2, 4 * 2 * 2, 7, 7)  # 28 -> 14 (stem pool) -> 7 (between stages)
+    model(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -56,6 +65,7 @@ def test_stages_downsample_and_forward_backward() -> None:
         ({"stem_channels": -1}, r"`stem_channels`"),
         ({"dropout": -0.1}, r"`dropout`"),
         ({"lr_schedule": "linear"}, r"`lr_schedule`.*'linear'"),
+        ({"stem_pool": 1}, r"`stem_pool`.*1"),
     ],
 )
 def test_invalid_options_raise(kwargs: dict, match: str) -> None:

@@ -41,6 +41,16 @@ def test_tiny_forward_backward_and_resolution() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_stem_pool_halves_the_resolution_before_the_first_stage() -> None:
+    model = ResNetClassifier(stages=[1, 1, 1], width=4, stem_pool=True)
+    assert isinstance(model.net[3], nn.MaxPool2d) and model.net[3].kernel_size == 2
+    x = torch.randn(2, 1, 28, 28)
+    assert model.net[:4](x).shape == (2, 4, 14, 14)
+    assert model.net[:-4](x).shape == (2, 16, 4, 4)  # 28 -> 14 -> 14 -> 7 -> 4
+    model(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_zero_init_residual_makes_every_block_start_as_identity_plus_shortcut() -> None:
     model = ResNetClassifier(stages=[2], width=4, zero_init_residual=True).eval()
     blocks = [m for m in model.net if isinstance(m, BasicBlock)]
@@ -59,6 +69,7 @@ def test_zero_init_residual_makes_every_block_start_as_identity_plus_shortcut() 
         ({"width": 0}, r"`width`"),
         ({"dropout": 1.5}, r"`dropout`.*1\.5"),
         ({"optimizer": "sgdm"}, r"`optimizer`.*'sgdm'"),
+        ({"stem_pool": "yes"}, r"`stem_pool`.*'yes'"),
     ],
 )
 def test_invalid_options_raise(kwargs: dict, match: str) -> None:
