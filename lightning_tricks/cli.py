@@ -337,6 +337,23 @@ def apply_thread_policy(config: Any) -> None:
         raise ValueError(f"--threads: {err}") from None
 
 
+def tensorboard_command(log_root: str | os.PathLike[str]) -> str:
+    """The command that opens TensorBoard on ``log_root``, with the ``tensorboard`` of this Python's environment.
+
+    A venv's programs are not on ``PATH`` unless it is activated, so a bare ``tensorboard`` is "command not found"
+    after ``make setup``; the path beside ``sys.executable`` (relative to the working folder when inside it) works as
+    printed. A bare ``tensorboard`` is printed only when there is none beside it.
+    """
+    program = Path(sys.executable).parent / "tensorboard"
+    if not program.exists():
+        return f"tensorboard --logdir {log_root}"
+    try:
+        shown = str(program.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(program)
+    return f"{shown} --logdir {log_root}"
+
+
 def add_cpu_alternative_argument(parser: LightningArgumentParser) -> None:
     """Add ``--cpu_alternative CONFIG``: what a config meant for a GPU offers a machine without one."""
     parser.add_argument(
@@ -471,7 +488,7 @@ class TricksCLI(LightningCLI):
             summary = f"test accuracy: {accuracy:.4f}" if accuracy is not None else "test metrics: " + str(metrics)
             print(summary, flush=True)
             if log_root is not None:
-                print(f"View the runs: tensorboard --logdir {log_root}  (then open http://localhost:6006)", flush=True)
+                print(f"View the runs: {tensorboard_command(log_root)}  (then open http://localhost:6006)", flush=True)
 
 
 def cli_main(args: ArgsType = None, run: bool = True) -> TricksCLI:
