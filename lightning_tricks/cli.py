@@ -194,7 +194,7 @@ class SigtermCheckpoint(Callback):
         path = self.checkpoint_path(trainer)
         if trainer.is_global_zero and os.path.islink(path):
             os.unlink(path)  # a `save_last="link"` symlink: writing through it would overwrite a top-k checkpoint
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state; unset, Lightning logs that it chose so
         rank_zero_info(
             f"Received SIGTERM: saved a checkpoint of step {trainer.global_step} to {path}. "
             f"Resume with `--ckpt_path last` (or `--ckpt_path {path}`)."

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_tricks import _quiet
@@ -109,3 +110,19 @@ def test_progress_bar_is_left_alone_when_asked_for_or_on_a_terminal(monkeypatch)
     monkeypatch.setattr(_quiet, "is_terminal", lambda stream=None: True)
     tty = Namespace(trainer=Namespace(enable_progress_bar=None, callbacks=None))
     assert not progress_bar_off_without_terminal(tty) and tty.trainer.enable_progress_bar is None
+
+
+def test_sigterm_checkpoint_saves_the_full_state_without_lightnings_weights_only_notice(
+    tmp_path, fashion_mnist_dir, caplog
+):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lightning_tricks.cli import SigtermCheckpoint
+
+    cli = cli_main(["fit", "--config", str(_small("small_resnet", tmp_path, fashion_mnist_dir)), "--test_after_fit",
+                    "false"])  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        SigtermCheckpoint().on_exception(cli.trainer, cli.model, SIGTERMException())
+    assert "weights_only" not in caplog.text and "Received SIGTERM: saved a checkpoint" in caplog.text
+    saved = torch.load(SigtermCheckpoint.checkpoint_path(cli.trainer), weights_only=False)
+    assert "optimizer_states" in saved and "callbacks" in saved
