@@ -144,8 +144,11 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = 1)
 
 
 def apply_threads(threads: int | None) -> int:
-    """Set torch's CPU threads by :func:`lightning_tricks._threads.apply_threads`; print the choice once."""
-    return _threads.apply_threads(threads, announce=print)
+    """Set torch's CPU threads by :func:`lightning_tricks._threads.apply_threads`; say so once on stderr.
+
+    (Standard error: standard output carries the benchmark's JSON.)
+    """
+    return _threads.apply_threads(threads, announce=lambda message: print(message, file=sys.stderr))
 
 
 def median(values: Iterable[float]) -> float:

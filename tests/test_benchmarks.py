@@ -295,3 +295,16 @@ def test_hook_timer_times_the_hooks_a_callback_registers() -> None:
     assert timer.calls[-1] == 2  # on_fit_start, then the post hook (before any batch: step -1)
     assert {owner for owner, _ in timer.by_owner} == {"Registers"}
     assert timer.seconds[-1] == 2.0  # each timed call took one tick of the fake clock
+
+
+def test_cpu_threads_reads_the_step_time_off_the_event_times(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    bench = load("cpu_threads")
+    writer = SummaryWriter(str(tmp_path / "run" / "version_0"))
+    for step, wall in ((9, 100.0), (19, 102.0), (29, 104.5), (39, 106.5)):  # 0.2, 0.25 and 0.2 s per step
+        writer.add_scalar("train/loss_step", 1.0, step, walltime=wall)
+    writer.close()
+    assert bench.step_seconds(tmp_path) == pytest.approx(0.2)
+    assert set(bench.VARIANTS) == {"1 thread", "2 threads", "2 threads, passive wait"}
+    assert bench.VARIANTS["2 threads, passive wait"]["OMP_WAIT_POLICY"] == "PASSIVE"
