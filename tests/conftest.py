@@ -1,8 +1,9 @@
-"""Shared fixtures: a fresh DDP port per test and the real Fashion-MNIST files."""
+"""Shared fixtures: a fresh DDP port per test, thread settings restored, and the real Fashion-MNIST files."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,22 @@ def _fresh_master_port(monkeypatch: pytest.MonkeyPatch) -> None:
     same pytest process would reuse a port that may still be in TIME_WAIT. ``monkeypatch`` restores the variable.
     """
     monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Undo what the CLI's thread policy does to this process (``lightning_tricks._threads.apply_threads``).
+
+    Every ``cli_main`` sets torch's thread count and exports ``OMP_NUM_THREADS``; the next test gets both back.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "unset"))  # records the old value ...
+    if os.environ["OMP_NUM_THREADS"] == "unset":
+        monkeypatch.delenv("OMP_NUM_THREADS")  # ... which monkeypatch restores (or removes) after the test
+    yield
+    torch.set_num_threads(threads)
 
 
 def _fashion_mnist_candidates() -> list[Path]:

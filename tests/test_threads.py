@@ -13,13 +13,12 @@ from lightning_tricks import _threads
 
 @pytest.fixture(autouse=True)
 def _restore_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Give the other tests back torch's thread count and an environment without thread variables."""
-    threads = torch.get_num_threads()
+    """Start without thread variables (``conftest.py`` restores them and torch's thread count afterwards)."""
     for name in _threads.THREAD_ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "1")  # so that monkeypatch records (and later restores) the old value
+        monkeypatch.delenv(name)
     monkeypatch.setattr(_threads, "_announced", False)
     yield
-    torch.set_num_threads(threads)
 
 
 def test_default_is_one_thread_on_two_cores_and_torchs_own_above():
