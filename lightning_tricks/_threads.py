@@ -1,11 +1,11 @@
 """CPU thread policy shared by the CLI, the example scripts and the benchmarks: how many torch threads a run uses.
 
-torch starts one OpenMP thread per core. For this package's small models on a small CPU that is the slow choice: on
-the 2-core VM of ``benchmarks/RESULTS.md`` ("CPU threads"), one thread trained the main job's ResNet and the MLP
-recipe faster per step than two, by a margin that grows with the machine's load (an OpenMP team waits at a barrier
-for its slowest thread, and on a shared core that thread is often descheduled). Passive OpenMP waiting
-(``OMP_WAIT_POLICY=PASSIVE``) narrows the gap but does not close it. The numbers come from a 2-core machine only, so
-the default changes torch's choice only there; on more cores torch's own default stands.
+torch starts one OpenMP thread per core. For this package's small models on a small, shared CPU that is the slow
+choice: on the 2-core VM of ``benchmarks/RESULTS.md`` (section 6, load 6-10), a training step of the main job's
+small ResNet took 313 ms with one thread, 1975 ms with two, and 396 ms with two and passive OpenMP waiting
+(``OMP_WAIT_POLICY=PASSIVE``); the MLP recipe 122, 1032 and 136 ms. (An OpenMP team waits at a barrier for its
+slowest thread, and on a shared core that thread is often descheduled while the other spins.) Those numbers come from
+a 2-core machine only, so the default changes torch's choice only there; on more cores torch's own default stands.
 
 The order of precedence, highest first: an explicit request (the CLI's ``--threads N``, a script's ``--threads N``),
 then the environment torch itself reads (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``), then :func:`default_threads`.
@@ -85,5 +85,19 @@ def apply_threads(requested: int | None = None, announce: Callable[[str], object
         os.environ["OMP_NUM_THREADS"] = str(threads)
     if announce is not None and not _announced:
         _announced = True
-        announce(f"CPU threads: {torch.get_num_threads()} ({why}).")
+        announce(f"CPU threads: {torch.get_num_threads()} ({why}).{passive_wait_hint(torch.get_num_threads())}")
     return torch.get_num_threads()
+
+
+def passive_wait_hint(threads: int) -> str:
+    """A note for more than one thread on a small machine without ``OMP_WAIT_POLICY`` set; else ``""``.
+
+    OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads, so it can only be set in the environment that starts the
+    process; measured there: 2 threads spinning 6-8x slower per step than 1, passive 1.1-1.3x.
+    """
+    if threads <= 1 or usable_cores() > SMALL_MACHINE_CORES or os.environ.get("OMP_WAIT_POLICY"):
+        return ""
+    return (
+        f" With {threads} threads on {usable_cores()} cores, start with OMP_WAIT_POLICY=PASSIVE in the environment: "
+        "waiting OpenMP threads then sleep instead of spinning (see benchmarks/RESULTS.md)."
+    )

@@ -55,6 +55,20 @@ def test_apply_sets_torch_exports_the_count_and_announces_once(monkeypatch):
                     "benchmarks/RESULTS.md; override with --threads N or OMP_NUM_THREADS)."]  # fmt: skip
 
 
+def test_more_threads_than_the_default_on_a_small_machine_suggest_passive_waiting(monkeypatch):
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    said: list[str] = []
+    _threads.apply_threads(2, announce=said.append)
+    assert said[0].startswith("CPU threads: 2 (--threads).") and "OMP_WAIT_POLICY=PASSIVE" in said[0]
+    assert _threads.passive_wait_hint(1) == ""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert _threads.passive_wait_hint(2) == ""
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 16)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert _threads.passive_wait_hint(8) == ""
+
+
 def test_cli_threads_option_sets_torch_and_rejects_a_negative_count(monkeypatch, tmp_path, caplog):
     from lightning_tricks.cli import cli_main
 
