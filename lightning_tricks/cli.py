@@ -5,10 +5,10 @@ PNG curves and a markdown table, see :mod:`lightning_tricks.report`). Models and
 by class name; any Lightning callback and any callback of :mod:`lightning_tricks.callbacks` can be added by class
 name on the command line or in YAML::
 
-    lightning-tricks fit --config examples/configs/mlp.yaml
+    lightning-tricks fit --config examples/configs/small_resnet.yaml
     lightning-tricks fit --model MLPClassifier --model.hidden_sizes "[512, 256]" --data FashionMNISTDataModule \\
         --trainer.callbacks+=GradientClipping --trainer.callbacks.mode=auto --trainer.max_epochs 5
-    lightning-tricks fit --config examples/configs/resnet.yaml --trainer.devices 2 --trainer.strategy ddp
+    lightning-tricks fit --config examples/configs/resnet.yaml --trainer.devices 2 --trainer.strategy ddp  # GPUs
 
 What this adds to LightningCLI:
 
@@ -28,7 +28,14 @@ What this adds to LightningCLI:
 - ``--ckpt_path last`` finds the newest ``last*.ckpt`` of earlier runs, also when checkpoints go to the logger's
   per-version folders (see :func:`last_checkpoint_places`); ``validate``/``test``/``predict`` with ``--ckpt_path last``
   and no checkpoint fail with a clear error instead of evaluating untrained weights;
-- the package's callbacks, models and data modules are imported up front, so their short class names resolve.
+- the package's callbacks, models and data modules are imported up front, so their short class names resolve;
+- ``--threads N`` sets torch's CPU threads; without it the policy of :mod:`lightning_tricks._threads` applies (one
+  thread on a machine with 2 cores or fewer unless ``OMP_NUM_THREADS`` says otherwise), printed once;
+- a config meant for a GPU names its CPU recipe (``cpu_alternative``), and the CLI stops at once with a message
+  naming both when the run would use the CPU (see :func:`refuse_gpu_config_on_cpu`);
+- quiet output (:mod:`lightning_tricks._quiet`): two known-harmless Lightning messages are dropped, the progress bar
+  is off where standard error is no terminal (one line per epoch instead), a first ``--ckpt_path last`` says it
+  starts fresh instead of Lightning's hint, and the TensorBoard command is printed with its ``.venv/bin`` path.
 """
 
 from __future__ import annotations
