@@ -126,3 +126,15 @@ def test_sigterm_checkpoint_saves_the_full_state_without_lightnings_weights_only
     assert "weights_only" not in caplog.text and "Received SIGTERM: saved a checkpoint" in caplog.text
     saved = torch.load(SigtermCheckpoint.checkpoint_path(cli.trainer), weights_only=False)
     assert "optimizer_states" in saved and "callbacks" in saved
+
+
+def test_the_main_job_shows_the_tricks_with_the_monitors_before_clipping():
+    """``make train`` runs small_resnet.yaml: its TensorBoard run must show the package's callbacks at work."""
+    assert "examples/configs/small_resnet.yaml" in (REPO / "Makefile").read_text()
+    config = yaml.safe_load((CONFIGS / "small_resnet.yaml").read_text())
+    names = [c["class_path"].rsplit(".", 1)[1] for c in config["trainer"]["callbacks"]]
+    for needed in ("WeightNormMonitor", "GradientHealth", "GradientClipping", "LRDecay", "EMA"):
+        assert needed in names, f"the main job lacks {needed}"
+    assert names.index("WeightNormMonitor") < names.index("GradientClipping")
+    assert names.index("GradientHealth") < names.index("GradientClipping")
+    assert names.count("ModelCheckpoint") == 1
