@@ -6,7 +6,8 @@ and each command is run in order, in a scratch folder that sees the repository's
 - ``make train`` runs the ``train`` recipe of the Makefile (minus ``setup``, which installs; that is CI's job);
   ``make test`` is this suite, so it is only checked to exist;
 - ``.venv/bin/lightning-tricks ...`` runs in this process (``cli_main``) with one epoch of 2 batches of 8 images added
-  at the end (``--help`` and ``--*.help`` commands as they are, which must exit with status 0; ``report`` as it is);
+  at the end (``--help`` and ``--*.help`` commands as they are, which must exit with status 0; ``report`` as it is,
+  on the runs made before it);
 - any other ``.venv/bin/<program>`` must exist beside this Python (``tensorboard`` is served in ``test_cli.py``).
 
 Blocks that need a cluster (torchrun on several nodes, SLURM) are fenced ```` ```sh ````; they are not run, but every
@@ -50,7 +51,13 @@ def make_recipe(target: str) -> list[list[str]]:
 
 
 def run_cli(args: list[str]) -> None:
-    if run_report_subcommand(args):  # `report` reads finished runs: nothing to limit
+    if args[:1] == ["report"]:
+        # `report` reads finished runs: an example's log folder (logs/dropout, ...) that this test did not make
+        # stands for the main job's runs, so the command itself still runs as written
+        for folder in (arg for arg in args[1:] if arg.startswith("logs/")):
+            if not Path(folder).exists():
+                Path(folder).symlink_to(Path("logs/small_resnet").resolve())
+        assert run_report_subcommand(args)
         return
     if any(arg == "--help" or arg.endswith(".help") for arg in args):
         with pytest.raises(SystemExit) as exit_info:
