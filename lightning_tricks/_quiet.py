@@ -12,6 +12,12 @@ attributed to); everything else still shows. Installed by the CLI only, never on
 Progress: where standard error is not a terminal (a log file, CI), Lightning's progress bar would write a line per
 refresh (tens of KB per epoch); the CLI turns it off there unless ``--trainer.enable_progress_bar`` is given, and
 :class:`EpochSummary` prints one line per epoch instead.
+
+The other messages a ``fit`` used to print are fixed where they come from, not filtered: the shipped configs have one
+``ModelCheckpoint`` (``save_last="link"``), so ``test(ckpt_path="best")`` is not ambiguous and no epoch is saved twice;
+a first ``--ckpt_path last`` with nothing to resume says so and starts fresh (``TricksCLI._resolve_last_checkpoint``)
+instead of Lightning's "HINT: set save_last=True"; the SIGTERM checkpoint asks for the full state explicitly
+(``weights_only=False``), so Lightning does not log that it defaulted to it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class _DropMessage(logging.Filter):
         super().__init__()
         self.prefix = prefix
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefix)
 
