@@ -410,6 +410,21 @@ def progress_bar_off_without_terminal(config: Any) -> bool:
     return True
 
 
+def test_after_fit_checkpoint(trainer: Trainer) -> str | None:
+    """What the test pass after ``fit`` evaluates: ``"best"`` for a monitored ``ModelCheckpoint``, else ``None``.
+
+    ``None`` tests the module as ``fit`` left it. Without a monitor the "best" checkpoint is the latest epoch's, the
+    weights the module already holds, and reloading it inside the fit's ``Trainer`` would be wrong with weight
+    averaging: Lightning's ``WeightAveraging.on_load_checkpoint`` (``EMA``'s base) then puts the raw weights of
+    ``current_model_state`` back into the module, so the test would score the raw weights while a later
+    ``lightning-tricks test --ckpt_path ...`` (a fresh ``Trainer``) scores the averaged ones.
+    """
+    checkpoint = trainer.checkpoint_callback
+    if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor is not None and checkpoint.best_model_path:
+        return "best"
+    return None
+
+
 class TricksCLI(LightningCLI):
     """LightningCLI with TensorBoard by default and a test pass after ``fit``."""
 
@@ -482,12 +497,12 @@ class TricksCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True):
             return
-        checkpoint = self.trainer.checkpoint_callback
-        has_best = checkpoint is not None and bool(getattr(checkpoint, "best_model_path", ""))
         if self.trainer.interrupted:
             rank_zero_info("Training was interrupted; skipping the test pass.")
             return
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        results = self.trainer.test(
+            self.model, datamodule=self.datamodule, ckpt_path=test_after_fit_checkpoint(self.trainer)
+        )
         if self.trainer.is_global_zero:
             metrics = results[0] if results else {}
             accuracy = metrics.get("test/acc")

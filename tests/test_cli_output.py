@@ -138,3 +138,13 @@ def test_the_main_job_shows_the_tricks_with_the_monitors_before_clipping():
     assert names.index("WeightNormMonitor") < names.index("GradientClipping")
     assert names.index("GradientHealth") < names.index("GradientClipping")
     assert names.count("ModelCheckpoint") == 1
+
+
+def test_the_test_after_fit_scores_the_weights_a_later_test_command_scores(tmp_path, fashion_mnist_dir):
+    """With EMA, reloading the checkpoint inside the fit's Trainer would restore the raw weights (Lightning's
+    ``WeightAveraging.on_load_checkpoint``); a fresh ``test`` scores the averaged ones. Both must agree."""
+    path = str(_small("small_resnet", tmp_path, fashion_mnist_dir, max_epochs=2, limit_test_batches=4))
+    fitted = cli_main(["fit", "--config", path])
+    tested = cli_main(["test", "--config", path, "--ckpt_path", "last"])
+    after_fit = float(fitted.trainer.callback_metrics["test/loss"])
+    assert float(tested.trainer.callback_metrics["test/loss"]) == pytest.approx(after_fit, rel=1e-5)
