@@ -1,7 +1,7 @@
 """CPU thread policy shared by the CLI, the example scripts and the benchmarks: how many torch threads a run uses.
 
 torch starts one OpenMP thread per core. For this package's small models on a small, shared CPU that is the slow
-choice: on the 2-core VM of ``benchmarks/RESULTS.md`` (section 6, load 6-10), a training step of the main job's
+choice: on the 2-core VM of ``benchmarks/RESULTS.md`` (section 8, load 6-10), a training step of the main job's
 small ResNet took 313 ms with one thread, 1975 ms with two, and 396 ms with two and passive OpenMP waiting
 (``OMP_WAIT_POLICY=PASSIVE``); the MLP recipe 122, 1032 and 136 ms. (An OpenMP team waits at a barrier for its
 slowest thread, and on a shared core that thread is often descheduled while the other spins.) Those numbers come from
