@@ -68,9 +68,10 @@ class EMA(WeightAveraging):
     (BatchNorm statistics) and parameters no optimizer updates go along with every update. The first update of each
     optimizer's parameters copies them (as ``AveragedModel`` does). Validation inside ``fit`` runs on the averaged
     weights (copied in and out around each validation epoch), checkpoints hold them as ``state_dict`` (the raw
-    weights go to ``current_model_state``, so ``Trainer.test(ckpt_path=...)`` and ``load_from_checkpoint`` give the
-    averaged model, and resuming continues both exactly), and when training ends the averaged weights are copied into
-    the module. Until the first update, the module's own weights are used.
+    weights go to ``current_model_state``, so ``Trainer.validate/test/predict(ckpt_path=...)`` (also on the Trainer
+    that ran ``fit``, where Lightning's ``WeightAveraging`` would load the raw weights) and ``load_from_checkpoint``
+    give the averaged model, and resuming continues both exactly), and when training ends the averaged weights are
+    copied into the module. Until the first update, the module's own weights are used.
 
     Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Each optimizer has its own step count, update count and warmup: in a GAN the generator's weights are
@@ -319,6 +320,17 @@ class EMA(WeightAveraging):
             # Before the first update the "average" is the module itself, not the weights copied at `setup`.
             self._average_model.module.load_state_dict(pl_module.state_dict())
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            # validate/test/predict(ckpt_path=...): the module keeps the checkpoint's `state_dict`, the averaged
+            # weights. Lightning's WeightAveraging would load the raw `current_model_state` instead whenever the
+            # averaged copy still exists from an earlier `fit` of the same Trainer (and warn when it does not).
+            return
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     @override
     def state_dict(self) -> dict[str, Any]:

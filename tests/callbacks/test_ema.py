@@ -115,6 +115,22 @@ def test_ema_validates_on_average_and_ends_with_it(tmp_path: Path, warmup: bool)
     torch.testing.assert_close(checkpoint["current_model_state"]["layer.weight"], recorder.steps[-1]["layer.weight"])
 
 
+def test_test_with_ckpt_path_on_the_fit_trainer_evaluates_the_averaged_weights(tmp_path: Path) -> None:
+    """Lightning's WeightAveraging loads the raw `current_model_state` when the Trainer that ran `fit` later tests a
+    checkpoint (its averaged copy still exists); the docstring promises the averaged model."""
+    seed_everything(0)
+    model = FixedModel()
+    trainer = _trainer(tmp_path, EMA(decay=0.8), max_epochs=2, limit_train_batches=4, limit_val_batches=1)
+    trainer.fit(model)
+    path = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    checkpoint = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        model.layer.weight.zero_()  # whatever the module holds now, the checkpoint must win
+    trainer.validate(model, ckpt_path=path, verbose=False)
+    torch.testing.assert_close(model.layer.weight.detach(), checkpoint["state_dict"]["layer.weight"])
+    assert not torch.equal(checkpoint["state_dict"]["layer.weight"], checkpoint["current_model_state"]["layer.weight"])
+
+
 def test_ema_matches_lightning_ema_weight_averaging(tmp_path: Path) -> None:
     results = []
     for callback in (
