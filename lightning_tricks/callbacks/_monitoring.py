@@ -12,8 +12,9 @@ Helpers:
 - :func:`to_host`, :func:`to_host_dict`: one stacked device-to-host copy for many tensors.
 - :class:`DeviceAccumulator`: running sum / mean / max / min / last of device scalars across an interval.
 - :func:`log_metrics`: rank-zero logging of host floats to every logger of the trainer.
-- :func:`tensorboard_writers`, :func:`add_histograms`, :func:`add_custom_scalars`: TensorBoard-only extras that
-  other loggers skip cleanly.
+- :func:`tensorboard_writers`, :func:`add_histograms`, :func:`add_text`: TensorBoard-only extras that other loggers
+  skip cleanly; :func:`register_custom_scalars` / :func:`write_custom_scalars`: the ONE custom-scalar layout of a
+  run, merged from every callback's categories and written once.
 - :func:`layer_name`, :func:`named_optimizer_params`, :func:`group_indices`, :func:`group_norms`,
   :func:`validate_every_n`: naming, per-layer grouping and option checks.
 - :class:`GradLayoutCache` / :class:`GradLayout`: for callbacks that look at gradients EVERY step, the parameters of an
@@ -25,6 +26,7 @@ Helpers:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -238,17 +240,85 @@ def add_histograms(trainer: pl.Trainer, tensors: Mapping[str, Tensor], step: int
     return True
 
 
-def add_custom_scalars(trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]]) -> bool:
-    """Add a TensorBoard custom-scalars layout: one ``Multiline`` chart per entry, e.g.
-    ``{"gradient norm per layer": ["grad_norm/.*"]}`` shows every matching tag on one chart.
+#: Where each family's category goes in the one layout of a run (others follow in registration order).
+CATEGORY_ORDER = (
+    "gradient health",
+    "gradient norm per parameter",
+    "weight norm per parameter",
+    "update / weight ratio per parameter",
+    "activations",
+)
+#: The chart of the total gradient norm, shared by the callbacks that log or read it (see ``_grad_stats``).
+TOTAL_NORM_CHART = "total gradient norm (before clipping)"
+_LAYOUT = "_lightning_tricks_layout"  # attributes of a SummaryWriter: its run's layout, its notes, what was written
+_NOTES = "_lightning_tricks_layout_notes"
+_WRITTEN = "_lightning_tricks_layout_written"
 
-    Returns ``False`` (and does nothing) when no ``TensorBoardLogger`` is attached.
+
+def register_custom_scalars(
+    trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]], notes: Mapping[str, str] | None = None
+) -> bool:
+    """Add charts to the custom-scalar layout of the run (written later by :func:`write_custom_scalars`).
+
+    TensorBoard's custom-scalars plugin keeps ONE layout per run (the last one written), so the callbacks of a run
+    must not each write their own: they register their categories here (e.g. in ``on_fit_start``), merged per
+    ``SummaryWriter``: charts of the same title in the same category get the union of their tag regexes, and
+    ``notes`` add text to a chart's title (``{TOTAL_NORM_CHART: "clip threshold 1"}``). Each chart is a ``Multiline``
+    of every tag matching one of its regexes. Returns ``False`` (and does nothing) without a ``TensorBoardLogger``.
     """
     writers = tensorboard_writers(trainer)
-    layout = {category: {title: ["Multiline", list(regexes)] for title, regexes in charts.items()}}
     for writer in writers:
-        writer.add_custom_scalars(layout)
+        layout = writer.__dict__.setdefault(_LAYOUT, {}).setdefault(category, {})
+        for title, regexes in charts.items():
+            merged = layout.setdefault(title, [])
+            merged.extend(r for r in regexes if r not in merged)
+        writer.__dict__.setdefault(_NOTES, {}).update({(category, t): n for t, n in (notes or {}).items()})
     return bool(writers)
+
+
+def write_custom_scalars(trainer: pl.Trainer) -> bool:
+    """Write the merged layout of each TensorBoard run once (call it in ``on_train_start``, after every callback
+    registered in ``on_fit_start``; later calls write again only if the layout grew). Returns whether a layout was
+    written now."""
+    written = False
+    for writer in tensorboard_writers(trainer):
+        layout, notes = writer.__dict__.get(_LAYOUT, {}), writer.__dict__.get(_NOTES, {})
+        snapshot = repr((layout, notes))
+        if not layout or writer.__dict__.get(_WRITTEN) == snapshot:
+            continue
+        rank = {c: CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else len(CATEGORY_ORDER) for c in layout}
+        proto = {}
+        for category in sorted(layout, key=rank.__getitem__):  # stable: unknown categories keep their order
+            charts = layout[category]
+            proto[category] = {
+                (f"{title}, {notes[category, title]}" if (category, title) in notes else title): ["Multiline", list(r)]
+                for title, r in charts.items()
+            }
+        writer.add_custom_scalars(proto)
+        writer.__dict__[_WRITTEN] = snapshot
+        written = True
+    return written
+
+
+def add_custom_scalars(trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]]) -> bool:
+    """:func:`register_custom_scalars` then :func:`write_custom_scalars`: for a callback that registers late (in
+    ``on_train_start``); the run still holds one merged layout. Returns ``False`` without TensorBoard."""
+    registered = register_custom_scalars(trainer, category, charts)
+    write_custom_scalars(trainer)
+    return registered
+
+
+def add_text(trainer: pl.Trainer, tag: str, text: str) -> bool:
+    """Write a constant (a threshold, a decay) once as TensorBoard text at step 0, instead of a flat chart."""
+    writers = tensorboard_writers(trainer)
+    for writer in writers:
+        writer.add_text(tag, text, global_step=0)
+    return bool(writers)
+
+
+def tag_regex(tags: Iterable[str]) -> str:
+    """One regex matching exactly these tags (labels hold ``(``, ``.`` and ``→``)."""
+    return "^(" + "|".join(re.escape(t) for t in tags) + ")$"
 
 
 def layer_name(param_name: str) -> str:

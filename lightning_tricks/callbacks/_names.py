@@ -108,11 +108,24 @@ def module_label(root: nn.Module, path: str) -> str:
             f"`path` {path!r} is neither a submodule nor a parameter of {type(root).__name__}; "
             f"pass a name from named_modules() or named_parameters(), e.g. {known}."
         )
+    return _parameter_label(path, parameters[path], modules)
+
+
+def _parameter_label(path: str, param: nn.Parameter, modules: dict[str, nn.Module]) -> str:
     owner_path, _, _ = path.rpartition(".")
     if ".parametrizations." in f".{path}":  # `net.1.parametrizations.weight.original0`: owned by `net.1`
         owner_path = f".{path}".split(".parametrizations.")[0].lstrip(".")
     owner = modules[owner_path]
     label = f"{path} {module_type(owner)}"
     if not _describes_shape(owner):
-        label += f" [{_pair(tuple(parameters[path].shape)) or 'scalar'}]"
+        label += f" [{_pair(tuple(param.shape)) or 'scalar'}]"
     return label
+
+
+def parameter_labels(root: nn.Module) -> dict[str, str]:
+    """:func:`module_label` of every named submodule and parameter of ``root``, keyed by path, in one pass (for the
+    monitors, which name many tensors every logging step)."""
+    modules = dict(root.named_modules())
+    labels = {path: f"{path} {module_type(module)}" for path, module in modules.items() if path}
+    labels.update({path: _parameter_label(path, param, modules) for path, param in root.named_parameters()})
+    return labels

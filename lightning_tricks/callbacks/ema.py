@@ -23,7 +23,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._monitoring import add_text, trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
 
@@ -95,8 +95,9 @@ class EMA(WeightAveraging):
     Cost: one extra copy of the weights (and buffers) in memory; per update one ``_foreach_lerp_`` over them (about
     3 memory passes of the model size); a model-sized copy before and after each validation epoch.
 
-    Logged keys (at the trainer's logging steps, once an update has happened): ``ema/decay``, the decay used by the
-    latest update (``ema/decay/opt<i>`` per optimizer with several).
+    Logged keys (at the trainer's logging steps, once an update has happened), with ``warmup=True`` only:
+    ``ema/decay``, the decay used by the latest update (``ema/decay/opt<i>`` per optimizer with several). A constant
+    decay is no chart: it is written once as TensorBoard text ``ema/decay`` (and is an HPARAMS column).
 
     Args:
         decay: The EMA decay ``d`` in ``[0, 1]``; the average's horizon is about ``1 / (1 - d)`` updates.
@@ -198,6 +199,8 @@ class EMA(WeightAveraging):
         n = len(trainer.optimizers)
         self._updates = (self._updates + [0] * n)[:n]
         self._last_decay = (self._last_decay + [None] * n)[:n]
+        if not self.warmup:  # a constant is text (and an HPARAMS column), not a flat chart
+            add_text(trainer, "ema/decay", f"{self.decay:g} (constant; the first update copies the weights)")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -273,7 +276,7 @@ class EMA(WeightAveraging):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer_logs_now(trainer):
+        if self.warmup and trainer_logs_now(trainer):  # a constant decay is written once as text (on_fit_start)
             for i, decay in enumerate(self._last_decay):
                 if decay is not None:
                     key = optimizer_key("ema/decay", i, len(self._last_decay))

@@ -29,11 +29,31 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._grad_stats import (
+    TOTAL_NORM_KEY,
+    GradStats,
+    TotalNormOwner,
+    covers_optimizer,
+    grad_stats,
+    owns_total_norm,
+    release,
+)
+from lightning_tricks.callbacks._monitoring import (
+    TOTAL_NORM_CHART,
+    add_text,
+    register_custom_scalars,
+    trainer_logs_now,
+    write_custom_scalars,
+)
 from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
 ClipMode = Literal["norm", "value", "agc", "auto"]
 _MODES = ("norm", "value", "agc", "auto")
+
+
+def clip_coefficient(max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
+    """``min(max_norm / (total_norm + 1e-6), 1)``, the factor of :func:`torch.nn.utils.clip_grads_with_norm_`."""
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
 def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
@@ -44,7 +64,7 @@ def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm
     Returns:
         A 0-dim float tensor, ``1.0`` if the gradients were scaled down, else ``0.0``.
     """
-    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    coef = clip_coefficient(max_norm, total_norm)
     if grads:
         torch._foreach_mul_(grads, coef.to(grads[0].device))
     return (total_norm > max_norm).float()
@@ -86,7 +106,7 @@ def autoclip_threshold(history: Tensor, percentile: float) -> Tensor:
     return torch.nan_to_num(threshold, nan=math.inf)
 
 
-class GradientClipping(Callback):
+class GradientClipping(TotalNormOwner, Callback):
     """Clip gradients before every optimizer step: by total norm, by value, unit-wise (AGC) or adaptively (AutoClip).
 
     Runs in ``on_before_optimizer_step``: gradients there are unscaled under AMP, already all-reduced under DDP (so
@@ -152,6 +172,8 @@ class GradientClipping(Callback):
         trainer = Trainer(callbacks=[GradientClipping(mode="auto", percentile=10)])
     """
 
+    total_norm_priority = 2  # a WeightNormMonitor or GradientHealth logs the total norm before it
+
     def __init__(
         self,
         mode: ClipMode = "norm",
@@ -185,6 +207,7 @@ class GradientClipping(Callback):
         self.agc_skip_last_layer = agc_skip_last_layer
         self._state: list[_ClipState] = []  # training state per optimizer (saved in checkpoints)
         self._skip: set[int] = set()
+        self._owns_total = True  # logs grad_norm/total unless a monitor does (decided at fit start)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -211,6 +234,34 @@ class GradientClipping(Callback):
                 )
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._owns_total = owns_total_norm(self, trainer)
+        if self.mode != "auto":  # a constant is text (and an HPARAMS column), not a flat chart
+            add_text(trainer, "grad_clip/threshold", f"{self.threshold:g} (mode {self.mode!r})")
+        total = [r"^grad_norm/total", r"^grad_clip/threshold"] if self.mode == "auto" else [r"^grad_norm/total"]
+        charts = {TOTAL_NORM_CHART: total, "fraction of steps clipped": [r"^grad_clip/clipped_fraction"]}
+        notes = {TOTAL_NORM_CHART: f"clip threshold {self.threshold:g}"} if self.mode == "norm" else None
+        register_custom_scalars(trainer, "gradient health", charts, notes)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_custom_scalars(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        release(trainer)
+
+    def _pre_clip_norm(
+        self, pl_module: pl.LightningModule, optimizer: Optimizer, grads: list[Tensor]
+    ) -> tuple[Tensor, GradStats | None]:
+        """The total norm of the gradients as they are now, and the shared statistics it comes from: shared
+        (:mod:`._grad_stats`) for the L2 norm of the module's parameters, computed here otherwise (``None``)."""
+        stats = grad_stats(pl_module, optimizer) if self.norm_type == 2.0 else None
+        if stats is not None and covers_optimizer(stats, optimizer):
+            return stats.total, stats
+        return torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True), None
+
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
@@ -223,20 +274,22 @@ class GradientClipping(Callback):
         state = self._state[index]
         grads = [p.grad for p in params]
         log = trainer_logs_now(trainer)
-        total_norm: Tensor | None = None  # pre-clip norm; for "value" / "agc" only computed when logging
+        total_norm: Tensor | None = None  # pre-clip norm; for "value" / "agc" only computed when it is logged
         threshold: Tensor | float = self.threshold
-        if self.mode == "norm":
-            total_norm = torch.nn.utils.clip_grad_norm_(params, self.threshold, self.norm_type, foreach=True)
-            clipped = (total_norm > self.threshold).float()
-        elif self.mode == "auto":
-            total_norm = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
-            history = state.device_history(total_norm.device, self.history_size)
-            history[state.num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
-            threshold = autoclip_threshold(history, self.percentile)
+        if self.mode in ("norm", "auto"):
+            # Same maths as clip_grad_norm_(foreach=True) (get_total_norm, then one foreach multiply by the clamped
+            # coefficient), with the total shared with the monitors and the post-clip norms derived, not recomputed.
+            total_norm, stats = self._pre_clip_norm(pl_module, optimizer, grads)
+            if self.mode == "auto":
+                history = state.device_history(total_norm.device, self.history_size)
+                history[state.num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
+                threshold = autoclip_threshold(history, self.percentile)
             clipped = scale_to_max_norm_(grads, threshold, total_norm)
+            if stats is not None:  # every gradient was multiplied by one factor: derive the post-clip norms
+                stats.scaled_(clip_coefficient(threshold, total_norm))
         else:
-            if log:  # the pre-clip norm is only needed for logging
-                total_norm = torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True)
+            if log and self._owns_total:  # the pre-clip norm is only needed for logging
+                total_norm = self._pre_clip_norm(pl_module, optimizer, grads)[0]
             if self.mode == "value":
                 max_abs = torch.stack(torch._foreach_norm(grads, math.inf)).max()
                 torch.nn.utils.clip_grad_value_(params, self.threshold, foreach=True)
@@ -251,23 +304,32 @@ class GradientClipping(Callback):
         state.num_steps += 1
         state.steps_since_log += 1
         state.clipped_sum = clipped if state.clipped_sum is None else state.clipped_sum.to(clipped.device) + clipped
-        if log and total_norm is not None:
-            device = total_norm.device
-            values = torch.stack(
-                [
-                    total_norm.float(),
-                    state.clipped_sum.float() / state.steps_since_log,
-                    torch.as_tensor(threshold, device=device).float(),
-                ]
-            )
-            # Deliberate host sync, once per logging interval: one transfer for all logged values.
-            norm, fraction, thr = values.tolist()
-            n = len(trainer.optimizers)
-            metrics = {"total_norm": norm, "clipped_fraction": fraction, "threshold": thr}
-            metrics = {optimizer_key(f"grad_clip/{k}", index, n): v for k, v in metrics.items()}
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
-            state.clipped_sum = None
-            state.steps_since_log = 0
+        if log:
+            self._log(trainer, pl_module, state, index, total_norm, threshold)
+
+    def _log(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        state: _ClipState,
+        index: int,
+        total_norm: Tensor | None,
+        threshold: Tensor | float,
+    ) -> None:
+        assert state.clipped_sum is not None  # a step was counted just before
+        values = {"grad_clip/clipped_fraction": state.clipped_sum.float() / state.steps_since_log}
+        if self.mode == "auto":  # AutoClip's threshold moves; a constant one is written once as text
+            values["grad_clip/threshold"] = torch.as_tensor(threshold).float()
+        if self._owns_total and total_norm is not None:
+            values[TOTAL_NORM_KEY] = total_norm.float()
+        device = state.clipped_sum.device
+        # Deliberate host sync, once per logging interval: one transfer for all logged values.
+        host = torch.stack([v.to(device) for v in values.values()]).tolist()
+        n = len(trainer.optimizers)
+        metrics = {optimizer_key(k, index, n): v for k, v in zip(values, host, strict=True)}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        state.clipped_sum = None
+        state.steps_since_log = 0
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -20,14 +20,17 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm, release
 from lightning_tricks.callbacks._monitoring import (
+    TOTAL_NORM_CHART,
     GradLayout,
-    GradLayoutCache,
     is_logging_step,
     log_metrics,
+    register_custom_scalars,
     resolve_every_n_steps,
     to_host,
     validate_every_n,
+    write_custom_scalars,
 )
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
@@ -100,7 +103,7 @@ def diagnose_gradients(
     return GradientDiagnosis(total, median, nonfinite, exploding, vanishing, min_ratio)
 
 
-class GradientHealth(Callback):
+class GradientHealth(TotalNormOwner, Callback):
     r"""Detect vanishing, exploding and non-finite gradients; warn, skip the bad step, or stop training.
 
     Runs in ``on_before_optimizer_step``: gradients are unscaled under AMP, all-reduced under DDP and not yet clipped
@@ -173,6 +176,8 @@ class GradientHealth(Callback):
         trainer = Trainer(callbacks=[GradientHealth(action="skip", explode_factor=20.0)])
     """
 
+    total_norm_priority = 1  # logs grad_norm/total unless a WeightNormMonitor does (see _grad_stats)
+
     def __init__(
         self,
         action: Literal["warn", "skip", "stop"] = "warn",
@@ -208,7 +213,7 @@ class GradientHealth(Callback):
         self.log_every_n_steps = log_every_n_steps
         self._every_n = 0
         self._trainer: pl.Trainer | None = None
-        self._layouts = GradLayoutCache()
+        self._owns_total = True  # logs grad_norm/total unless a WeightNormMonitor does (decided at fit start)
         self._scaled = False  # a GradScaler handles non-finite gradients (16-mixed)
         self._steps = OptimizerSteps()
         self._opts: list[_OptimizerHealth] = []  # training state, one per optimizer (see state_dict)
@@ -236,6 +241,17 @@ class GradientHealth(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps.attach(trainer)
+        self._owns_total = owns_total_norm(self, trainer)
+        charts = {"median of recent total norms": [r"^grad_health/median_norm"]}
+        if self._owns_total:
+            charts = {TOTAL_NORM_CHART: [r"^grad_norm/total"], **charts}
+        charts["events: exploding, non-finite, skipped steps (running counts)"] = [r"^grad_health/.*_steps"]
+        charts["vanishing layers; smallest / largest layer norm"] = [r"^grad_health/(vanishing_layers|min_layer_ratio)"]
+        register_custom_scalars(trainer, "gradient health", charts)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_custom_scalars(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -243,7 +259,7 @@ class GradientHealth(Callback):
         for state in self._opts:
             state.rows, state.layout, state.pending = None, None, 0
         self._steps.detach()
-        self._layouts.clear()  # drop the references to the parameters
+        release(trainer)  # drop the shared statistics (and their references to the parameters)
 
     def _masked(self, diag: GradientDiagnosis) -> tuple[Tensor, Tensor, Tensor]:
         """``(exploding, nonfinite, scaler_skipped)`` flags. Under a GradScaler non-finite gradients are the scaler's
@@ -307,20 +323,16 @@ class GradientHealth(Callback):
             layer_norms, history, self.explode_factor, self.vanish_ratio, self.vanish_floor, self.min_history
         )
 
-    def _defer(self, state: _OptimizerHealth, layout: GradLayout, norms: list[Tensor]) -> None:
-        """Stack one step's per-tensor gradient norms into the next buffer row (one kernel, no sync)."""
+    def _defer(self, state: _OptimizerHealth, layout: GradLayout, norms: Tensor) -> None:
+        """Copy one step's ``[P]`` per-tensor gradient norms into the next buffer row (one kernel, no sync)."""
         rows = state.rows
         if layout is not state.layout or rows is None or state.pending == rows.shape[0]:
             self._process(state)  # rows of another layout, or a full buffer: diagnose them first
             state.layout = layout
-            device = norms[0].device
+            device = norms.device
             if rows is None or rows.shape[1] != len(norms) or rows.device != device:
                 rows = state.rows = torch.empty(_BUFFER_STEPS, len(norms), dtype=torch.float32, device=device)
-        row = rows[state.pending]
-        if layout.float32:
-            torch.stack(norms, out=row)
-        else:
-            row.copy_(torch.stack(norms))  # same values as converting each norm to float32
+        rows[state.pending].copy_(norms)  # float32, as converting each norm to float32
         state.pending += 1
 
     def _process(self, state: _OptimizerHealth) -> None:
@@ -336,18 +348,18 @@ class GradientHealth(Callback):
     def _check(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer, index: int
     ) -> None:
-        layout = self._layouts.get(pl_module, optimizer)
-        if layout is None:  # no parameter of this optimizer has a gradient: not a step (a skipped batch)
+        # One _foreach_norm per step, shared with WeightNormMonitor and GradientClipping (float32 norms of 16-bit
+        # gradients: a 16-true gradient norm above 65504 must not read as inf); the gradients as backward made them.
+        stats = grad_stats(pl_module, optimizer)
+        if stats is None:  # no parameter of this optimizer has a gradient: not a step (a skipped batch)
             return
+        layout, norms = stats.layout, stats.norms_before_clip
         state = self._state(index)
-        with torch.no_grad():
-            # float32 norms of low-precision gradients: a 16-true gradient norm above 65504 must not read as inf
-            norms = torch._foreach_norm(layout.grads(), dtype=torch.float32 if layout.half else None)
         state.checks += 1
         if self.action == "warn":
             self._defer(state, layout, norms)
             return
-        diag = self._diagnose(state, layout.layer_norms(torch.stack(norms).float()))
+        diag = self._diagnose(state, layout.layer_norms(norms.float()))
         self._record(state, diag)
         self._accumulate(state, diag, layout.layers)
         exploding, nonfinite, _ = self._masked(diag)
@@ -407,9 +419,12 @@ class GradientHealth(Callback):
                 f" last {state.scaler_streak} checked steps (non-finite gradients every time), so the weights are not"
                 f" being updated: the loss is probably NaN or inf, not an fp16 overflow. {_REMEDIES}."
             )
-        values = {"total_norm": total, "median_norm": median, "min_layer_ratio": acc["min_layer_ratio"]}
-        values["vanishing_layers"] = float(len(vanishing))
-        values.update({k: float(v) for k, v in state.counts.items()})
+        values = {"grad_health/median_norm": median, "grad_health/min_layer_ratio": acc["min_layer_ratio"]}
+        values["grad_health/vanishing_layers"] = float(len(vanishing))
+        # event counters are drawn from their first event on: a chart of zeros says nothing
+        values.update({f"grad_health/{k}": float(v) for k, v in state.counts.items() if v > 0})
+        if self._owns_total:
+            values[TOTAL_NORM_KEY] = total
         where = "" if len(self._opts) <= 1 else f" (optimizer {index})"
         if self.action == "warn" and (exploding or nonfinite):
             rank_zero_warn(
@@ -424,7 +439,7 @@ class GradientHealth(Callback):
                 f"norm is below {self.vanish_ratio:g} x the largest layer's or below {self.vanish_floor:g}. "
                 f"{_REMEDIES}; ReLU-family activations instead of sigmoid / tanh, and residual connections also help."
             )
-        return {optimizer_key(f"grad_health/{k}", index, len(self._opts)): v for k, v in values.items()}
+        return {optimizer_key(k, index, len(self._opts)): v for k, v in values.items()}
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -21,34 +21,32 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm, release
 from lightning_tricks.callbacks._monitoring import (
-    add_custom_scalars,
+    TOTAL_NORM_CHART,
     add_histograms,
     group_indices,
     group_norms,
     is_logging_step,
+    layer_name,
     log_metrics,
     named_optimizer_params,
+    register_custom_scalars,
     resolve_every_n_steps,
+    tag_regex,
     to_host,
     validate_every_n,
+    write_custom_scalars,
 )
-from lightning_tricks.callbacks._steps import optimizer_index
+from lightning_tricks.callbacks._names import parameter_labels
+from lightning_tricks.callbacks._steps import optimizer_index, unwrap
 
-
-def weight_grad_norms(params: Sequence[Tensor], grads: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """L2 norms of each weight and each gradient, and the total gradient norm, as float32 device tensors.
-
-    Args:
-        params: the parameters.
-        grads: their gradients, same order.
-
-    Returns:
-        ``(weight_norms[P], grad_norms[P], total_grad_norm[])``; no host sync.
-    """
-    weight_norms = torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in params])])
-    grad_norms = torch.stack([n.float() for n in torch._foreach_norm([g.detach() for g in grads])])
-    return weight_norms, grad_norms, torch.linalg.vector_norm(grad_norms)
+#: Logged family -> its custom-scalars category.
+_FAMILIES = {
+    "grad_norm": "gradient norm per parameter",
+    "weight_norm": "weight norm per parameter",
+    "update_ratio": "update / weight ratio per parameter",
+}
 
 
 def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], eps: float = 1e-12) -> tuple[Tensor, Tensor]:
@@ -75,7 +73,7 @@ class _Pending:
     total: Tensor
 
 
-class WeightNormMonitor(Callback):
+class WeightNormMonitor(TotalNormOwner, Callback):
     r"""Log weight norms, gradient norms before clipping, and update-to-weight ratios ``||dw|| / ||w||``.
 
     Runs in ``on_before_optimizer_step`` (gradients there are unscaled under AMP, all-reduced under DDP and not yet
@@ -128,6 +126,8 @@ class WeightNormMonitor(Callback):
         trainer = Trainer(callbacks=[WeightNormMonitor(log_every_n_steps=50, per_layer=True)])
     """
 
+    total_norm_priority = 0  # the owner of grad_norm/total when present (see _grad_stats)
+
     def __init__(
         self,
         log_every_n_steps: int | None = None,
@@ -144,6 +144,8 @@ class WeightNormMonitor(Callback):
         self._every_n = 0
         self._histogram_epochs: list[int] = []  # per optimizer: the last epoch it wrote histograms in
         self._pending: dict[int, _Pending] = {}  # per optimizer: this batch's record
+        self._owns_total = True  # logs grad_norm/total (decided at fit start; see _grad_stats)
+        self._labels: dict[str, str] = {}  # parameter / layer name -> "net.1.weight Linear(784→1024)"
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -160,10 +162,34 @@ class WeightNormMonitor(Callback):
             rank_zero_warn("`WeightNormMonitor` has no logger to write to: pass `Trainer(logger=...)`.")
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._owns_total = owns_total_norm(self, trainer)
+        self._labels = parameter_labels(pl_module)
+        params = {n: p for o in trainer.optimizers for n, p in named_optimizer_params(pl_module, unwrap(o))}
+        kinds = {
+            "weights": [self._labels[n] for n, p in params.items() if p.ndim > 1],
+            "biases and norms": [self._labels[n] for n, p in params.items() if p.ndim <= 1],
+        }
+        if self._owns_total:
+            register_custom_scalars(trainer, "gradient health", {TOTAL_NORM_CHART: [r"^grad_norm/total"]})
+        for family, category in _FAMILIES.items():
+            # Weights and biases / norm gains differ by decades: one chart each, so neither is flat at the bottom.
+            charts = {f"{family}: {kind}": [tag_regex(f"{family}/{t}" for t in tags)] for kind, tags in kinds.items()}
+            if self.per_layer:
+                layers = {self._labels.get(layer_name(n), layer_name(n)) for n in params}
+                charts[f"{family}: per layer"] = [tag_regex(f"{family}/{t}" for t in sorted(layers))]
+            register_custom_scalars(trainer, category, {t: r for t, r in charts.items() if r[0] != "^()$"})
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        charts = {"gradient norm (before clipping)": ["grad_norm/.*"], "weight norm": ["weight_norm/.*"]}
-        charts["update / weight ratio"] = ["update_ratio/.*"]
-        add_custom_scalars(trainer, "WeightNormMonitor", charts)
+        write_custom_scalars(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        release(trainer)
+
+    def _label(self, name: str) -> str:
+        return self._labels.get(name, name)
 
     @override
     def on_before_optimizer_step(
@@ -178,21 +204,23 @@ class WeightNormMonitor(Callback):
         log_now = is_logging_step(trainer, self._every_n) and index not in self._pending  # its first step this batch
         if not (histogram_now or log_now):
             return  # neither a histogram nor a logging step: no parameter walk, no kernels, no sync
-        named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
-        if not named:
+        stats = grad_stats(pl_module, optimizer)  # shared with GradientHealth / GradientClipping in this step
+        if stats is None:
             return  # no gradient: a skipped batch, not a step
+        names, params = stats.layout.names, stats.layout.params
         if histogram_now:
             self._histogram_epochs[index] = epoch
-            tensors = {f"weight_hist/{n}": p for n, p in named}
-            tensors.update({f"grad_hist/{n}": p.grad for n, p in named if p.grad is not None})
-            add_histograms(trainer, tensors)
+            tensors = {f"weight_hist/{self._label(n)}": p for n, p in zip(names, params, strict=True)}
+            tensors.update({f"grad_hist/{self._label(n)}": p.grad for n, p in zip(names, params, strict=True)})
+            add_histograms(trainer, tensors)  # type: ignore[arg-type]
         if not log_now:
             return
-        names, params = [n for n, _ in named], [p for _, p in named]
-        weight_norms, grad_norms, total = weight_grad_norms(params, [p.grad for p in params])
         with torch.no_grad():
+            weight_norms = torch.stack([n.float() for n in torch._foreach_norm([p.detach() for p in params])])
             snapshot = torch._foreach_mul([p.detach() for p in params], 1.0)  # copy of the weights before the step
-        self._pending[index] = _Pending(names, params, snapshot, weight_norms, grad_norms, total)
+        # the gradients as backward made them, whatever the order of the callbacks (see _grad_stats)
+        grad_norms, total = stats.norms_before_clip.float(), stats.total_before_clip.float()
+        self._pending[index] = _Pending(list(names), list(params), snapshot, weight_norms, grad_norms, total)
 
     @override
     def on_train_batch_end(
@@ -205,24 +233,27 @@ class WeightNormMonitor(Callback):
         several = len(trainer.optimizers) > 1
         for index, rec in self._pending.items():
             update_norms, ratios = update_ratios(rec.snapshot, rec.params)
-            keys += [f"weight_norm/{n}" for n in rec.names] + [f"grad_norm/{n}" for n in rec.names]
-            keys += [f"update_ratio/{n}" for n in rec.names]
+            labels = [self._label(n) for n in rec.names]
+            keys += [f"weight_norm/{t}" for t in labels] + [f"grad_norm/{t}" for t in labels]
+            keys += [f"update_ratio/{t}" for t in labels]
             tensors += [rec.weight_norms, rec.grad_norms, ratios]
-            if several:
-                keys.append(f"grad_norm/total/opt{index}")
+            if several and self._owns_total:
+                keys.append(f"{TOTAL_NORM_KEY}/opt{index}")
                 tensors.append(rec.total)
             if self.per_layer:
                 groups = group_indices(rec.names)
                 members = list(groups.values())
                 layer_weight = group_norms(rec.weight_norms, members)
                 layer_update = group_norms(update_norms, members)
-                keys += [f"weight_norm/{layer}" for layer in groups] + [f"grad_norm/{layer}" for layer in groups]
-                keys += [f"update_ratio/{layer}" for layer in groups]
+                layers = [self._label(layer) for layer in groups]
+                keys += [f"weight_norm/{t}" for t in layers] + [f"grad_norm/{t}" for t in layers]
+                keys += [f"update_ratio/{t}" for t in layers]
                 tensors += [layer_weight, group_norms(rec.grad_norms, members)]
                 tensors.append(layer_update / layer_weight.clamp_min(1e-12))
-        totals = torch.stack([rec.total.to(tensors[0].device) for rec in self._pending.values()])
-        keys.append("grad_norm/total")  # all gradients of the batch's steps together: sqrt of the sum of squares
-        tensors.append(torch.linalg.vector_norm(totals))
+        if self._owns_total:
+            totals = torch.stack([rec.total.to(tensors[0].device) for rec in self._pending.values()])
+            keys.append(TOTAL_NORM_KEY)  # all gradients of the batch's steps together: sqrt of the sum of squares
+            tensors.append(torch.linalg.vector_norm(totals))
         self._pending.clear()
         values = to_host(tensors)  # the one host-device sync of this logging interval
         log_metrics(trainer, dict(zip(keys, values, strict=True)))

@@ -88,7 +88,10 @@ def fixed_loader(
 
 
 def metrics_rows(log_dir: str | Path, key: str | None = None) -> list[dict[str, str]]:
-    """The rows of ``log_dir/metrics.csv`` (a CSVLogger's file); with ``key``, only the rows where it has a value."""
+    """The rows of ``log_dir/metrics.csv`` (a CSVLogger's file); with ``key``, only the rows where it has a value.
+    No file (nothing was logged) reads as no rows."""
+    if not (Path(log_dir) / "metrics.csv").exists():
+        return []
     with open(Path(log_dir) / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return rows if key is None else [row for row in rows if row.get(key)]

@@ -181,9 +181,11 @@ def test_auto_mode_ignores_non_finite_norms() -> None:
     optimizer = torch.optim.SGD([w], lr=0.1)
     trainer = SimpleNamespace(loggers=[], _logger_connector=SimpleNamespace(should_update_logs=False), optimizers=[])
     clip = GradientClipping(mode="auto", percentile=100, history_size=4)
+    module = nn.Module()
+    module.register_parameter("w", w)
     for grad in ([3.0, 4.0], [math.inf, 0.0], [6.0, 8.0]):
         w.grad = torch.tensor(grad)
-        clip.on_before_optimizer_step(trainer, None, optimizer)
+        clip.on_before_optimizer_step(trainer, module, optimizer)
     history = clip.state_dict()["optimizers"][0]["history"]
     assert history[0].item() == 5.0 and history[1].isnan() and history[2].item() == 10.0
     torch.testing.assert_close(w.grad, torch.tensor([6.0, 8.0]))  # 10 <= max(5, 10): kept
@@ -212,13 +214,14 @@ def test_logged_keys(tmp_path: Path) -> None:
     _trainer(tmp_path, GradientClipping(threshold=1e-2), logger=logger, log_every_n_steps=2).fit(GradRecorder())
     rows = metrics_rows(logger.log_dir)
     keys = {k for row in rows for k, v in row.items() if v}
-    assert {"grad_clip/total_norm", "grad_clip/clipped_fraction", "grad_clip/threshold"} <= keys
-    logged = [row for row in rows if row.get("grad_clip/total_norm")]
+    # alone, it owns the total norm; a constant threshold is TensorBoard text, not a flat chart (issue 12)
+    assert {"grad_norm/total", "grad_clip/clipped_fraction"} <= keys
+    assert not {"grad_clip/threshold", "grad_clip/total_norm"} & keys
+    logged = [row for row in rows if row.get("grad_norm/total")]
     assert [int(row["step"]) for row in logged] == [1, 3]  # logging steps only
     for row in logged:
         assert float(row["grad_clip/clipped_fraction"]) == 1.0
-        assert float(row["grad_clip/threshold"]) == pytest.approx(1e-2)
-        assert float(row["grad_clip/total_norm"]) > 1e-2  # the pre-clip norm
+        assert float(row["grad_norm/total"]) > 1e-2  # the pre-clip norm
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
@@ -312,7 +315,7 @@ def test_gan_autoclip_history_per_optimizer(tmp_path: Path) -> None:
     generator's and the discriminator's norms in one history and logged both under one key)."""
     _, rows = csv_fit(tmp_path, GradientClipping(mode="auto", percentile=50), TinyGAN())
     for i in (0, 1):
-        norms = [float(r[f"grad_clip/total_norm/opt{i}"]) for r in rows if r.get(f"grad_clip/total_norm/opt{i}")]
+        norms = [float(r[f"grad_norm/total/opt{i}"]) for r in rows if r.get(f"grad_norm/total/opt{i}")]
         thresholds = [float(r[f"grad_clip/threshold/opt{i}"]) for r in rows if r.get(f"grad_clip/threshold/opt{i}")]
         assert len(norms) == len(thresholds) == 8
         expected = [np.quantile(norms[: k + 1], 0.5) for k in range(8)]
@@ -355,7 +358,7 @@ def test_reused_instance_starts_a_fresh_history(tmp_path: Path) -> None:
     clip = GradientClipping(mode="auto", percentile=100)
     csv_fit(tmp_path / "a", clip, ScaledLossModel(100.0))  # large norms that would keep the second fit unclipped
     _, rows = csv_fit(tmp_path / "b", clip, SkippingBoringModel())
-    norms = [float(r["grad_clip/total_norm"]) for r in rows if r.get("grad_clip/total_norm")]
+    norms = [float(r["grad_norm/total"]) for r in rows if r.get("grad_norm/total")]
     thresholds = [float(r["grad_clip/threshold"]) for r in rows if r.get("grad_clip/threshold")]
     assert thresholds == pytest.approx([max(norms[: k + 1]) for k in range(8)], rel=1e-5)
     assert clip.state_dict()["optimizers"][0]["num_steps"] == 8

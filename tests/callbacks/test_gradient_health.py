@@ -260,12 +260,14 @@ def test_logged_keys_in_tensorboard(tmp_path: Path) -> None:
         trainer.fit(Planted({3: float("nan")}))
     acc = EventAccumulator(logger.log_dir)
     acc.Reload()
-    keys = {"total_norm", "median_norm", "min_layer_ratio", "vanishing_layers", "exploding_steps"}
-    keys |= {"nonfinite_steps", "skipped_steps"}
-    assert {f"grad_health/{k}" for k in keys} <= set(acc.Tags()["scalars"])
+    keys = {"median_norm", "min_layer_ratio", "vanishing_layers", "nonfinite_steps", "skipped_steps"}
+    tags = set(acc.Tags()["scalars"])
+    assert {f"grad_health/{k}" for k in keys} | {"grad_norm/total"} <= tags  # alone, it owns the total norm
+    # counters are drawn from their first event on, never as a chart of zeros (issue 12)
+    assert not {"grad_health/total_norm", "grad_health/exploding_steps", "grad_health/scaler_skipped_steps"} & tags
     skipped = acc.Scalars("grad_health/skipped_steps")
-    assert [e.step for e in skipped] == [1, 3, 5, 7]  # Lightning's x-axis for log_every_n_steps=2
-    assert [e.value for e in skipped] == [0.0, 1.0, 1.0, 1.0]
+    assert [e.step for e in skipped] == [3, 5, 7]  # Lightning's x-axis for log_every_n_steps=2; the event at batch 3
+    assert [e.value for e in skipped] == [1.0, 1.0, 1.0]
     assert all(math.isfinite(e.value) and e.value > 0 for e in acc.Scalars("grad_health/median_norm"))
 
 
@@ -407,10 +409,10 @@ def test_gan_histories_are_per_optimizer(tmp_path: Path) -> None:
     assert [state.counts["exploding_steps"] for state in cb._opts] == [0, 0]
     assert [len(recorder.steps[i]) for i in (0, 1)] == [8, 8]  # every update of both optimizers happened
     assert [state.recorded for state in cb._opts] == [8, 8]
-    g = [float(r["grad_health/total_norm/opt0"]) for r in rows if r.get("grad_health/total_norm/opt0")]
-    d = [float(r["grad_health/total_norm/opt1"]) for r in rows if r.get("grad_health/total_norm/opt1")]
+    g = [float(r["grad_norm/total/opt0"]) for r in rows if r.get("grad_norm/total/opt0")]
+    d = [float(r["grad_norm/total/opt1"]) for r in rows if r.get("grad_norm/total/opt1")]
     assert len(g) == len(d) == 8 and min(d) > 5 * max(g)  # two series, one per optimizer, logged every batch
-    assert not any(r.get("grad_health/total_norm") for r in rows)  # no key mixing the two
+    assert not any(r.get("grad_norm/total") for r in rows)  # no key mixing the two
 
 
 def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
@@ -435,7 +437,7 @@ def test_scaler_overflow_is_not_a_nonfinite_gradient(tmp_path: Path) -> None:
 def test_every_precision(tmp_path: Path, precision: str) -> None:
     cb = GradientHealth(action="skip", min_history=2)
     trainer, rows = csv_fit(tmp_path, cb, SkippingBoringModel(), **precision_options(precision))
-    norms = [float(r["grad_health/total_norm"]) for r in rows if r.get("grad_health/total_norm")]
+    norms = [float(r["grad_norm/total"]) for r in rows if r.get("grad_norm/total")]
     overflows = cb._opts[0].counts["scaler_skipped_steps"]  # 16-mixed: the GradScaler's routine first overflow(s)
     assert len(norms) == 8 and sum(0 < n < math.inf for n in norms) == 8 - overflows
     assert overflows == 0 or precision == "16-mixed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,8 +36,9 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader
 
 from lightning_tricks.callbacks import WeightNormMonitor
+from lightning_tricks.callbacks._grad_stats import gradient_norms
 from lightning_tricks.callbacks._monitoring import group_norms
-from lightning_tricks.callbacks.weight_norm_monitor import update_ratios, weight_grad_norms
+from lightning_tricks.callbacks.weight_norm_monitor import update_ratios
 
 
 class Recording(BoringModel):
@@ -71,6 +73,7 @@ class Recording(BoringModel):
             write_rank_json(self.out, self.global_rank, record)
 
 
+L = " Linear(32→2)"  # the label of BoringModel's `layer` in every per-parameter key (issue 12: readable names)
 _trainer = partial(tiny_trainer, limit_train_batches=8, limit_val_batches=0)  # every test passes its logger
 
 
@@ -86,9 +89,8 @@ def _csv(logger: CSVLogger) -> dict[str, dict[int, float]]:
 def test_norm_maths_on_hand_computed_tensors() -> None:
     params = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])]
     grads = [torch.tensor([0.0, 2.0]), torch.tensor([[1.0, 1.0], [1.0, 1.0]])]
-    w, g, total = weight_grad_norms(params, grads)
-    assert w.tolist() == [5.0, 1.0] and g.tolist() == [2.0, 2.0]
-    assert total.item() == pytest.approx(math.sqrt(8.0))
+    assert gradient_norms(params, half=False).tolist() == [5.0, 1.0]
+    assert gradient_norms(grads, half=False).tolist() == [2.0, 2.0]
     after = [torch.tensor([3.0, 4.5]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])]
     update_norms, ratios = update_ratios(params, after)
     assert update_norms.tolist() == [0.5, 2.0]
@@ -106,26 +108,30 @@ def test_logs_norms_before_clipping_ratios_histograms_and_layout(tmp_path: Path)
     acc.Reload()
     tags = acc.Tags()
     per_param = {
-        f"{kind}/layer.{p}" for kind in ("weight_norm", "grad_norm", "update_ratio") for p in ("weight", "bias")
+        f"{kind}/layer.{p}{L}" for kind in ("weight_norm", "grad_norm", "update_ratio") for p in ("weight", "bias")
     }
-    per_layer = {"weight_norm/layer", "grad_norm/layer", "update_ratio/layer"}
+    per_layer = {f"{kind}/layer{L}" for kind in ("weight_norm", "grad_norm", "update_ratio")}
     assert per_param | per_layer | {"grad_norm/total"} <= set(tags["scalars"])
-    logged = {e.step: e.value for e in acc.Scalars("grad_norm/layer.weight")}
+    logged = {e.step: e.value for e in acc.Scalars(f"grad_norm/layer.weight{L}")}
     assert sorted(logged) == [1, 3, 5, 7]
     for step, value in logged.items():
         assert value == pytest.approx(model.grad_norms[step], rel=1e-5)  # the norm BEFORE clipping
         assert value > 1e-2  # clipping to 1e-3 happened after it was read
-    ratios = {e.step: e.value for e in acc.Scalars("update_ratio/layer.weight")}
+    ratios = {e.step: e.value for e in acc.Scalars(f"update_ratio/layer.weight{L}")}
     assert all(ratios[s] == pytest.approx(model.ratios[s], rel=1e-4) for s in ratios)
     assert all(0 < r < 1e-2 for r in ratios.values())
     # two epochs -> histograms of weights and gradients written twice
-    assert len(acc.Histograms("weight_hist/layer.weight")) == 2 and len(acc.Histograms("grad_hist/layer.bias")) == 2
-    final = acc.Histograms("weight_hist/layer.weight")[-1].histogram_value  # the second epoch's first step
+    assert len(acc.Histograms(f"weight_hist/layer.weight{L}")) == 2
+    assert len(acc.Histograms(f"grad_hist/layer.bias{L}")) == 2
+    final = acc.Histograms(f"weight_hist/layer.weight{L}")[-1].histogram_value  # the second epoch's first step
     assert final.num == model.layer.weight.numel() and sum(final.bucket) == final.num
     assert final.min <= final.max and len(final.bucket_limit) == len(final.bucket)
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts["gradient norm (before clipping)"] == ["grad_norm/.*"]
+    weights = re.compile(charts["grad_norm: weights"][0])  # weights and biases apart: their norms differ by decades
+    assert weights.match(f"grad_norm/layer.weight{L}") and not weights.match(f"grad_norm/layer.bias{L}")
+    assert re.compile(charts["update_ratio: per layer"][0]).match(f"update_ratio/layer{L}")
+    assert charts["total gradient norm (before clipping)"] == ["^grad_norm/total"]
 
 
 def test_other_loggers_skip_tensorboard_extras(tmp_path: Path) -> None:
@@ -134,7 +140,7 @@ def test_other_loggers_skip_tensorboard_extras(tmp_path: Path) -> None:
     _trainer(tmp_path, [WeightNormMonitor(log_every_n_steps=4)], logger=logger).fit(Recording())
     series = _csv(logger)
     assert set(series["grad_norm/total"]) == {3, 7}
-    assert "weight_norm/layer" not in series  # per_layer is off by default
+    assert f"weight_norm/layer{L}" not in series  # per_layer is off by default
     assert not list(Path(logger.log_dir).glob("events.out.tfevents*"))
 
 
@@ -166,7 +172,7 @@ def test_ddp_logs_the_all_reduced_gradient(tmp_path: Path) -> None:
     _trainer(tmp_path, [cb], logger=logger, accelerator="cpu", devices=2, strategy="ddp_spawn").fit(model)
     ranks = read_rank_json(tmp_path)
     assert ranks[0] == ranks[1]  # the gradient the monitor reads is the all-reduced one: same on both ranks
-    logged = _csv(logger)["grad_norm/layer.weight"]
+    logged = _csv(logger)[f"grad_norm/layer.weight{L}"]
     assert set(logged) == {1, 3}  # 64 samples / 2 ranks / batch 8 = 4 steps
     assert all(v == pytest.approx(ranks[0]["grad_norms"][str(s)], rel=1e-5) for s, v in logged.items())
 
@@ -176,7 +182,7 @@ def test_bf16_mixed(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path)
     model = Recording()
     _trainer(tmp_path, [WeightNormMonitor(log_every_n_steps=2)], logger=logger, precision="bf16-mixed").fit(model)
-    logged = _csv(logger)["grad_norm/layer.weight"]
+    logged = _csv(logger)[f"grad_norm/layer.weight{L}"]
     assert set(logged) == {1, 3, 5, 7}
     assert all(v == pytest.approx(model.grad_norms[s], rel=1e-5) for s, v in logged.items())
 
@@ -259,9 +265,9 @@ def test_every_precision(tmp_path: Path, precision: str) -> None:
     model = SkippingBoringModel()
     before = model.layer.weight.detach().norm().item()
     _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), model, **precision_options(precision))
-    rows = [r for r in rows if r.get("weight_norm/layer.weight")]
+    rows = [r for r in rows if r.get(f"weight_norm/layer.weight{L}")]
     assert len(rows) == 8
-    assert float(rows[0]["weight_norm/layer.weight"]) == pytest.approx(before, rel=1e-2)  # bf16 / fp16 rounding
+    assert float(rows[0][f"weight_norm/layer.weight{L}"]) == pytest.approx(before, rel=1e-2)  # bf16 / fp16 rounding
     finite = [math.isfinite(float(r["grad_norm/total"])) for r in rows]
     assert all(finite) or (precision == "16-mixed" and any(finite))  # 16-mixed: the scaler's routine overflow
 
@@ -286,4 +292,5 @@ def test_gan_histograms_for_every_optimizer_and_reused_instance(tmp_path: Path) 
         logger = TensorBoardLogger(tmp_path, name=run)
         tiny_trainer(tmp_path, monitor, logger=logger, **TRAIN_ONLY_ON_CPU).fit(TinyGAN())
         tags = _histogram_tags(logger.log_dir)
-        assert {"weight_hist/generator.weight", "grad_hist/discriminator.weight"} <= tags, (run, sorted(tags))
+        wanted = {"weight_hist/generator.weight Linear(8→32)", "grad_hist/discriminator.weight Linear(32→1)"}
+        assert wanted <= tags, (run, sorted(tags))

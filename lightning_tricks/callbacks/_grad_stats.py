@@ -1,0 +1,154 @@
+"""Per-step gradient statistics computed once and shared by the callbacks that read gradients (design rule 10).
+
+``GradientHealth``, ``GradientClipping`` and ``WeightNormMonitor`` all need the per-parameter L2 norms of the
+gradients, and their total, in ``on_before_optimizer_step``. :func:`grad_stats` computes them with ONE
+``torch._foreach_norm`` per optimizer step (on the device, no host sync) and hands the same :class:`GradStats` to
+every caller of that step, so three callbacks cost one pass over the gradients. Each callback still works alone: the
+first caller of a step computes, the others reuse.
+
+**Which step.** Statistics belong to one optimizer (design rule 7: a GAN's two optimizers never share them) and to
+its *current* gradients: the cache remembers the gradient tensors (weakly, so no gradient memory is kept alive) and
+their in-place version counters (``Tensor._version``). A new backward, ``zero_grad``, a skipped update
+(``GradientHealth`` sets the gradients to ``None``) or any in-place change (a ``WeightDecay(mode="l2")`` penalty,
+clipping by value or AGC) makes them stale, and the next caller recomputes. Reading the versions is host-side: no
+device work, no sync.
+
+**Before and after clipping.** ``GradientClipping`` by norm (``"norm"``, ``"auto"``) rescales every gradient by one
+factor ``c``; it then calls :meth:`GradStats.scaled_`, which derives the post-clip norms as ``c`` times the pre-clip
+ones instead of recomputing them, and keeps the pre-clip values in ``norms_before_clip`` / ``total_before_clip``. The
+monitors read those, so they report the gradients as backward made them whatever the order of the callbacks. (After
+clipping by value or AGC the pre-clip norms are gone: put the monitors before such a clipping callback.)
+
+**Maths.** ``norms[i] = ‖g_i‖₂`` in the gradients' dtype (float32 for float16 / bfloat16 gradients, so a norm above
+65504 does not read as ``inf``), ``total = vector_norm(norms)``: exactly what ``clip_grad_norm_(foreach=True)`` and
+``get_total_norm`` compute for float32 / float64 gradients, in the module's parameter order.
+
+**One key for the total.** The total gradient norm is logged once, as ``grad_norm/total`` (``/opt<i>`` per optimizer
+with several), by one owner: the first ``WeightNormMonitor`` of ``trainer.callbacks`` if there is one, else the first
+``GradientHealth``, else ``GradientClipping`` (:func:`owns_total_norm`). The others log only what is theirs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_tricks.callbacks._monitoring import GradLayout, GradLayoutCache
+from lightning_tricks.callbacks._steps import unwrap
+
+TOTAL_NORM_KEY = "grad_norm/total"
+
+
+@dataclass(eq=False)
+class GradStats:
+    """L2 norms of one optimizer's current gradients (device tensors; see the module docstring).
+
+    Attributes:
+        layout: the parameters with a gradient, their names and layers (:class:`GradLayout`), in module order.
+        norms: ``[P]`` per-parameter gradient norms of the gradients as they are now.
+        total: L2 norm of all of them.
+        norms_before_clip: ``norms`` before a clipping callback rescaled the gradients (``norms`` if none did).
+        total_before_clip: ``total`` before clipping.
+    """
+
+    layout: GradLayout
+    norms: Tensor
+    total: Tensor
+    norms_before_clip: Tensor
+    total_before_clip: Tensor
+    _refs: list[weakref.ref[Tensor]] = field(default_factory=list, repr=False)
+    _versions: list[int] = field(default_factory=list, repr=False)
+
+    def _remember(self, grads: list[Tensor]) -> None:
+        self._refs = [weakref.ref(g) for g in grads]
+        self._versions = [g._version for g in grads]
+
+    def current(self, grads: list[Tensor]) -> bool:
+        """Whether these statistics describe ``grads`` as they are now (same tensors, not changed in place)."""
+        if len(grads) != len(self._refs):
+            return False
+        return all(r() is g and g._version == v for r, g, v in zip(self._refs, grads, self._versions, strict=True))
+
+    def scaled_(self, coef: Tensor) -> None:
+        """Record that every gradient was just multiplied in place by ``coef`` (a 0-dim device tensor): the new norms
+        are derived (``coef`` times the old, no pass over the gradients); the pre-clip ones are kept."""
+        coef = coef.to(self.norms.dtype)
+        self.norms, self.total = self.norms * coef, self.total * coef
+        self._remember(self.layout.grads())
+
+
+@dataclass
+class _Entry:
+    layouts: GradLayoutCache = field(default_factory=GradLayoutCache)
+    stats: GradStats | None = None
+
+
+# Per torch optimizer; weak keys, so a finished fit's optimizers (and the parameters the layouts hold) can go.
+_ENTRIES: weakref.WeakKeyDictionary[Optimizer, _Entry] = weakref.WeakKeyDictionary()
+
+
+def gradient_norms(grads: list[Tensor], half: bool) -> Tensor:
+    """``[P]`` L2 norms of ``grads``: one ``torch._foreach_norm`` and one stack on their device, no host sync
+    (float32 norms of float16 / bfloat16 gradients)."""
+    with torch.no_grad():
+        return torch.stack(torch._foreach_norm(grads, dtype=torch.float32 if half else None))
+
+
+def grad_stats(pl_module: torch.nn.Module, optimizer: Any) -> GradStats | None:
+    """The statistics of ``optimizer``'s current gradients, computed now or reused from earlier in this step.
+
+    Args:
+        pl_module: the module whose named parameters name the statistics.
+        optimizer: a torch optimizer or a ``LightningOptimizer``.
+
+    Returns:
+        ``None`` when no parameter of the optimizer has a gradient (a skipped batch: not a step).
+    """
+    optimizer = unwrap(optimizer)
+    entry = _ENTRIES.get(optimizer)
+    if entry is None:
+        entry = _ENTRIES[optimizer] = _Entry()
+    layout = entry.layouts.get(pl_module, optimizer)
+    if layout is None:
+        entry.stats = None
+        return None
+    grads = layout.grads()
+    stats = entry.stats
+    if stats is not None and stats.layout is layout and stats.current(grads):
+        return stats
+    norms = gradient_norms(grads, layout.half)
+    total = torch.linalg.vector_norm(norms)
+    stats = entry.stats = GradStats(layout, norms, total, norms, total)
+    stats._remember(grads)
+    return stats
+
+
+def covers_optimizer(stats: GradStats, optimizer: Any) -> bool:
+    """Whether ``stats`` covers every parameter of ``optimizer`` that has a gradient (not so for parameters the
+    optimizer holds outside the module): only then may a clipping callback use its total."""
+    with_grad = sum(1 for group in unwrap(optimizer).param_groups for p in group["params"] if p.grad is not None)
+    return with_grad == len(stats.layout.params)
+
+
+def release(trainer: pl.Trainer) -> None:
+    """Forget the statistics and layouts of ``trainer``'s optimizers (at ``teardown``: drop parameter references)."""
+    for optimizer in trainer.optimizers:
+        _ENTRIES.pop(unwrap(optimizer), None)
+
+
+class TotalNormOwner:
+    """Mixin of the callbacks that may log ``grad_norm/total``; a lower ``total_norm_priority`` wins."""
+
+    total_norm_priority: ClassVar[int] = 99
+
+
+def owns_total_norm(callback: pl.Callback, trainer: pl.Trainer) -> bool:
+    """Whether ``callback`` is the one that logs the total gradient norm in ``trainer`` (see the module docstring)."""
+    candidates = [cb for cb in trainer.callbacks if isinstance(cb, TotalNormOwner)]
+    return bool(candidates) and min(candidates, key=lambda cb: cb.total_norm_priority) is callback
