@@ -6,7 +6,7 @@ What it shows, in two parts:
 1. Clipping. A deep MLP (10 hidden layers of 256 ReLU units, Kaiming-initialized by ``WeightInit``, no
    normalization) trained with plain SGD at a learning rate too high for it (0.5): without clipping the loss turns
    NaN; with ``GradientClipping(mode="norm", threshold=1.0)`` (and with AGC, ``mode="agc"``) the same run trains.
-   ``grad_clip/total_norm`` and ``grad_clip/clipped_fraction`` are in TensorBoard.
+   ``grad_norm/total`` and ``grad_clip/clipped_fraction`` are in TensorBoard.
 2. Learning-rate decay. A two-layer MLP (512, 256) with SGD + momentum 0.9 at lr 0.05: a constant learning rate
    against ``LRDecay`` with ``lr x 0.98`` per epoch (the classic rule), ``lr x 0.8`` per epoch, and a cosine decay to
    0 over the run. Decay should let the last epochs settle into a lower loss and a better accuracy.

@@ -139,13 +139,25 @@ class GradientClipping(TotalNormOwner, Callback):
 
     Nothing is copied to the host except once per logging interval (``trainer.log_every_n_steps``).
 
+    Shared statistics (:mod:`lightning_tricks.callbacks._grad_stats`): in ``"norm"`` and ``"auto"`` mode with the L2
+    norm, the total norm comes from the per-step gradient statistics shared with ``GradientHealth`` and
+    ``WeightNormMonitor`` (one ``_foreach_norm`` per step between them, or here when alone), and after clipping the
+    post-clip norms are derived (``coefficient x`` the pre-clip ones), not recomputed. Same maths as
+    ``clip_grad_norm_(foreach=True)``, bit for bit on float32 / float64 gradients.
+
     Logged keys (at logging steps only, through ``pl_module.log``; ``/opt<i>`` appended with several optimizers):
 
-    - ``grad_clip/total_norm``: total gradient norm before clipping (of the last optimizer step).
     - ``grad_clip/clipped_fraction``: fraction of optimizer steps since the last log whose gradients were changed
       (``"norm"``, ``"auto"``: total norm above the threshold; ``"value"``: any element beyond ``±θ``); for ``"agc"``
       the mean fraction of units rescaled per step.
-    - ``grad_clip/threshold``: the threshold in use (for ``"auto"`` the current percentile).
+    - ``grad_clip/threshold``: ``"auto"`` only, AutoClip's current percentile. A constant threshold is no chart: it is
+      written once as TensorBoard text ``grad_clip/threshold`` (and is an HPARAMS column) and named in the title of
+      the total-norm chart.
+    - ``grad_norm/total``: the total gradient norm before clipping (of the last optimizer step), only when no
+      ``WeightNormMonitor`` or ``GradientHealth`` is in the trainer: the total is logged once, by one owner.
+
+    TensorBoard only: the charts "total gradient norm (before clipping)" (with AutoClip's threshold) and "fraction of
+    steps clipped" in the "gradient health" category of the run's one custom-scalar layout.
 
     Args:
         mode: ``"norm"``, ``"value"``, ``"agc"`` or ``"auto"``.

@@ -134,23 +134,31 @@ class GradientHealth(TotalNormOwner, Callback):
     ``16-true`` / ``bf16-true`` gradients are taken in float32. Sharded strategies (FSDP, DeepSpeed) are refused at
     ``setup``: each rank holds only a shard of the gradients.
 
-    Cost and syncs: ``"warn"`` does two kernels per checked step: one ``_foreach_norm`` over the gradients, whose
-    per-tensor norms are stacked into a row of a preallocated device buffer. The buffered steps are diagnosed
-    together, as one batch of tiny kernels, when the buffer holds 64 steps, at a logging step, when the optimizer's
-    set of parameters with gradients changes, and before a checkpoint is saved; each step is judged against exactly
-    the norms recorded before it, so the verdicts are those of step-by-step checking. Every flag and count stays on
-    the device and is copied to the host ONCE per logging interval (zero syncs on other steps). ``"skip"`` and
+    Cost and syncs: ``"warn"`` does three kernels per checked step: one ``_foreach_norm`` over the gradients (shared),
+    whose per-tensor norms are stacked and copied into a row of a preallocated device buffer. The buffered steps are
+    diagnosed together, as one batch of tiny kernels, when the buffer holds 64 steps, at a logging step, when the
+    optimizer's set of parameters with gradients changes, and before a checkpoint is saved; each step is judged against
+    exactly the norms recorded before it, so the verdicts are those of step-by-step checking. Every flag and count stays
+    on the device and is copied to the host ONCE per logging interval (zero syncs on other steps). ``"skip"`` and
     ``"stop"`` need a Python branch each checked step, so they diagnose each step at once (~25 tiny kernels) and make
-    ONE host sync per checked step (a single fused flag), plus one all-reduce under DDP; use ``check_every_n_steps``
-    to thin it out. The parameter list, names and layer grouping are cached per optimizer and rebuilt only when the
-    set of parameters with gradients changes.
+    ONE host sync per checked step (a single fused flag), plus one all-reduce under DDP; use ``check_every_n_steps`` to
+    thin it out. The parameter list, names and layer grouping are cached per optimizer and rebuilt only when the set of
+    parameters with gradients changes.
 
-    Logged keys (rank zero, every ``log_every_n_steps``, at the end of the batch): ``grad_health/total_norm`` and
-    ``grad_health/median_norm`` (last checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer
-    gradient norm), ``grad_health/vanishing_layers`` (layers flagged in the interval), and the running counts
+    Shared statistics (:mod:`lightning_tricks.callbacks._grad_stats`): the per-parameter gradient norms of a step are
+    computed once and shared with ``GradientClipping`` and ``WeightNormMonitor``; they are those of the gradients
+    before clipping by norm, whatever the order of the callbacks.
+
+    Logged keys (rank zero, every ``log_every_n_steps``, at the end of the batch): ``grad_health/median_norm`` (last
+    checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer gradient norm),
+    ``grad_health/vanishing_layers`` (layers flagged in the interval), and the running event counts
     ``grad_health/exploding_steps``, ``grad_health/nonfinite_steps``, ``grad_health/skipped_steps``,
-    ``grad_health/scaler_skipped_steps``. With several optimizers every key ends in ``/opt<i>`` (``i``: the
-    optimizer's index in ``trainer.optimizers``), e.g. ``grad_health/total_norm/opt1``.
+    ``grad_health/scaler_skipped_steps``, each logged from its first event on (a chart of zeros says nothing; one
+    "events" chart of the custom-scalar layout gathers them). ``grad_norm/total`` (the last checked step's total
+    norm) only when no ``WeightNormMonitor`` is in the trainer: the total is logged once, by one owner. With several
+    optimizers every key ends in ``/opt<i>`` (``i``: the optimizer's index in ``trainer.optimizers``), e.g.
+    ``grad_health/median_norm/opt1``. TensorBoard only: these charts in the "gradient health" category of the run's
+    one custom-scalar layout.
 
     Args:
         action: what to do on an exploding or non-finite step: ``"warn"``, ``"skip"`` or ``"stop"``.

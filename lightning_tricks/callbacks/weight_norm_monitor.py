@@ -93,21 +93,31 @@ class WeightNormMonitor(TotalNormOwner, Callback):
     at ``setup``: each rank holds only a shard of the weights and gradients, so the norms would be wrong.
 
     Cost: on steps that do not log, nothing at all (no kernels, no host sync). On a logging step: three
-    ``_foreach_norm`` passes, a temporary copy of the weights (one model's worth of memory until the step is done),
-    and ONE device-to-host transfer for every value. Histogram steps (the first step of every
-    ``histogram_every_n_epochs``-th epoch) copy each weight and gradient to the host.
+    ``_foreach_norm`` passes over weights and updates (the gradient norms are shared), a temporary copy of the weights
+    (one model's worth of memory until the step is done), and ONE device-to-host transfer for every value. Histogram
+    steps (the first step of every ``histogram_every_n_epochs``-th epoch) copy each weight and gradient to the host.
+
+    Shared statistics (:mod:`lightning_tricks.callbacks._grad_stats`): the gradient norms are the per-step
+    statistics shared with ``GradientHealth`` and ``GradientClipping`` (one ``_foreach_norm`` per step between them),
+    read before clipping by norm whatever the order of the callbacks.
+
+    Names: ``<param>`` below is the parameter's path and its module's type, ``layer.0.weight Linear(32→16)``
+    (``module_label``), and ``<layer>`` the module's, ``layer.0 Linear(32→16)``, in scalars, histograms and layouts.
 
     Logged keys (rank zero, to every logger, at Lightning's step index):
 
     - ``weight_norm/<param>``: L2 norm of the parameter before the step;
     - ``grad_norm/<param>``: L2 norm of its gradient before clipping; ``grad_norm/total``: of all gradients together
-      (all optimizers); ``grad_norm/total/opt<i>`` per optimizer when there are several;
+      (all optimizers); ``grad_norm/total/opt<i>`` per optimizer when there are several. The monitor owns the total:
+      ``GradientHealth`` and ``GradientClipping`` then do not log it;
     - ``update_ratio/<param>``: ``||w_after - w_before|| / ||w_before||`` of that step;
     - with ``per_layer=True`` also ``weight_norm/<layer>``, ``grad_norm/<layer>``, ``update_ratio/<layer>`` for each
       module owning parameters (``<root>`` for parameters registered on the LightningModule itself);
-    - TensorBoard only: histograms ``weight_hist/<param>`` and ``grad_hist/<param>``, and a custom-scalars layout
-      (tab "Custom Scalars") with one multi-line chart each for ``grad_norm/.*``, ``weight_norm/.*`` and
-      ``update_ratio/.*``, so every layer's gradient norm is on one chart. Other loggers skip these cleanly.
+    - TensorBoard only: histograms ``weight_hist/<param>`` and ``grad_hist/<param>``, and, in the run's one merged
+      custom-scalar layout (tab "Custom Scalars"), a category per family ("gradient norm per parameter", "weight
+      norm per parameter", "update / weight ratio per parameter") with one multi-line chart for the weights
+      (matrices, kernels) and one for the biases and norm gains, whose norms are decades apart (plus one per layer
+      with ``per_layer``), and the total norm in "gradient health". Other loggers skip these cleanly.
 
     Args:
         log_every_n_steps: log every N optimizer steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
