@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_tricks.callbacks._monitoring import GradLayout, GradLayoutCache
+from lightning_tricks.callbacks._monitoring import GradLayout, GradLayoutCache, write_custom_scalars
 from lightning_tricks.callbacks._steps import unwrap
 
 TOTAL_NORM_KEY = "grad_norm/total"
@@ -143,9 +143,17 @@ def release(trainer: pl.Trainer) -> None:
 
 
 class TotalNormOwner:
-    """Mixin of the callbacks that may log ``grad_norm/total``; a lower ``total_norm_priority`` wins."""
+    """Mixin (before ``Callback``) of the callbacks that read the shared statistics and may log ``grad_norm/total``;
+    a lower ``total_norm_priority`` wins. Its hooks write the run's merged custom-scalar layout at train start (after
+    every callback registered its charts in ``on_fit_start``) and drop the statistics at teardown."""
 
     total_norm_priority: ClassVar[int] = 99
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_custom_scalars(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        release(trainer)
 
 
 def owns_total_norm(callback: pl.Callback, trainer: pl.Trainer) -> bool:

@@ -36,14 +36,12 @@ from lightning_tricks.callbacks._grad_stats import (
     covers_optimizer,
     grad_stats,
     owns_total_norm,
-    release,
 )
 from lightning_tricks.callbacks._monitoring import (
     TOTAL_NORM_CHART,
     add_text,
     register_custom_scalars,
     trainer_logs_now,
-    write_custom_scalars,
 )
 from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
@@ -254,14 +252,6 @@ class GradientClipping(TotalNormOwner, Callback):
         charts = {TOTAL_NORM_CHART: total, "fraction of steps clipped": [r"^grad_clip/clipped_fraction"]}
         notes = {TOTAL_NORM_CHART: f"clip threshold {self.threshold:g}"} if self.mode == "norm" else None
         register_custom_scalars(trainer, "gradient health", charts, notes)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        write_custom_scalars(trainer)
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        release(trainer)
 
     def _pre_clip_norm(
         self, pl_module: pl.LightningModule, optimizer: Optimizer, grads: list[Tensor]

@@ -20,7 +20,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm, release
+from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
 from lightning_tricks.callbacks._monitoring import (
     TOTAL_NORM_CHART,
     GradLayout,
@@ -30,7 +30,6 @@ from lightning_tricks.callbacks._monitoring import (
     resolve_every_n_steps,
     to_host,
     validate_every_n,
-    write_custom_scalars,
 )
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
@@ -258,16 +257,12 @@ class GradientHealth(TotalNormOwner, Callback):
         register_custom_scalars(trainer, "gradient health", charts)
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        write_custom_scalars(trainer)
-
-    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = None
         for state in self._opts:
             state.rows, state.layout, state.pending = None, None, 0
         self._steps.detach()
-        release(trainer)  # drop the shared statistics (and their references to the parameters)
+        super().teardown(trainer, pl_module, stage)  # drop the shared statistics (and their references to parameters)
 
     def _masked(self, diag: GradientDiagnosis) -> tuple[Tensor, Tensor, Tensor]:
         """``(exploding, nonfinite, scaler_skipped)`` flags. Under a GradScaler non-finite gradients are the scaler's

@@ -21,7 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm, release
+from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
 from lightning_tricks.callbacks._monitoring import (
     TOTAL_NORM_CHART,
     add_histograms,
@@ -36,7 +36,6 @@ from lightning_tricks.callbacks._monitoring import (
     tag_regex,
     to_host,
     validate_every_n,
-    write_custom_scalars,
 )
 from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import optimizer_index, unwrap
@@ -189,14 +188,6 @@ class WeightNormMonitor(TotalNormOwner, Callback):
                 layers = {self._labels.get(layer_name(n), layer_name(n)) for n in params}
                 charts[f"{family}: per layer"] = [tag_regex(f"{family}/{t}" for t in sorted(layers))]
             register_custom_scalars(trainer, category, {t: r for t, r in charts.items() if r[0] != "^()$"})
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        write_custom_scalars(trainer)
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        release(trainer)
 
     def _label(self, name: str) -> str:
         return self._labels.get(name, name)
