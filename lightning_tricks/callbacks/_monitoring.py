@@ -250,21 +250,19 @@ CATEGORY_ORDER = (
 )
 #: The chart of the total gradient norm, shared by the callbacks that log or read it (see ``_grad_stats``).
 TOTAL_NORM_CHART = "total gradient norm (before clipping)"
-_LAYOUT = "_lightning_tricks_layout"  # attributes of a SummaryWriter: its run's layout, its notes, what was written
-_NOTES = "_lightning_tricks_layout_notes"
+_LAYOUT = "_lightning_tricks_layout"  # attributes of a SummaryWriter: its run's layout, and what was written
 _WRITTEN = "_lightning_tricks_layout_written"
 
 
-def register_custom_scalars(
-    trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]], notes: Mapping[str, str] | None = None
-) -> bool:
+def register_custom_scalars(trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]]) -> bool:
     """Add charts to the custom-scalar layout of the run (written later by :func:`write_custom_scalars`).
 
     TensorBoard's custom-scalars plugin keeps ONE layout per run (the last one written), so the callbacks of a run
     must not each write their own: they register their categories here (e.g. in ``on_fit_start``), merged per
-    ``SummaryWriter``: charts of the same title in the same category get the union of their tag regexes, and
-    ``notes`` add text to a chart's title (``{TOTAL_NORM_CHART: "clip threshold 1"}``). Each chart is a ``Multiline``
-    of every tag matching one of its regexes. Returns ``False`` (and does nothing) without a ``TensorBoardLogger``.
+    ``SummaryWriter``: charts of the same title in the same category get the union of their tag regexes. Each chart
+    is a ``Multiline`` of every tag matching one of its regexes. Titles hold nothing run-specific (no threshold value):
+    TensorBoard merges the layouts of all runs by category and chart title, so such a title would make one chart per
+    value, each drawing every run. Returns ``False`` (and does nothing) without a ``TensorBoardLogger``.
     """
     writers = tensorboard_writers(trainer)
     for writer in writers:
@@ -272,7 +270,6 @@ def register_custom_scalars(
         for title, regexes in charts.items():
             merged = layout.setdefault(title, [])
             merged.extend(r for r in regexes if r not in merged)
-        writer.__dict__.setdefault(_NOTES, {}).update({(category, t): n for t, n in (notes or {}).items()})
     return bool(writers)
 
 
@@ -282,18 +279,15 @@ def write_custom_scalars(trainer: pl.Trainer) -> bool:
     written now."""
     written = False
     for writer in tensorboard_writers(trainer):
-        layout, notes = writer.__dict__.get(_LAYOUT, {}), writer.__dict__.get(_NOTES, {})
-        snapshot = repr((layout, notes))
+        layout = writer.__dict__.get(_LAYOUT, {})
+        snapshot = repr(layout)
         if not layout or writer.__dict__.get(_WRITTEN) == snapshot:
             continue
         rank = {c: CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else len(CATEGORY_ORDER) for c in layout}
-        proto = {}
-        for category in sorted(layout, key=rank.__getitem__):  # stable: unknown categories keep their order
-            charts = layout[category]
-            proto[category] = {
-                (f"{title}, {notes[category, title]}" if (category, title) in notes else title): ["Multiline", list(r)]
-                for title, r in charts.items()
-            }
+        proto = {
+            category: {title: ["Multiline", list(regexes)] for title, regexes in layout[category].items()}
+            for category in sorted(layout, key=rank.__getitem__)  # stable: unknown categories keep their order
+        }
         writer.add_custom_scalars(proto)
         writer.__dict__[_WRITTEN] = snapshot
         written = True

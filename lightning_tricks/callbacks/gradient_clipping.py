@@ -149,8 +149,7 @@ class GradientClipping(TotalNormOwner, Callback):
       (``"norm"``, ``"auto"``: total norm above the threshold; ``"value"``: any element beyond ``±θ``); for ``"agc"``
       the mean fraction of units rescaled per step.
     - ``grad_clip/threshold``: ``"auto"`` only, AutoClip's current percentile. A constant threshold is no chart: it is
-      written once as TensorBoard text ``grad_clip/threshold`` (and is an HPARAMS column) and named in the title of
-      the total-norm chart.
+      written once as TensorBoard text ``grad_clip/threshold`` (and is an HPARAMS column).
     - ``grad_norm/total``: the total gradient norm before clipping (of the last optimizer step), only when no
       ``WeightNormMonitor`` or ``GradientHealth`` is in the trainer: the total is logged once, by one owner.
 
@@ -250,8 +249,7 @@ class GradientClipping(TotalNormOwner, Callback):
             add_text(trainer, "grad_clip/threshold", f"{self.threshold:g} (mode {self.mode!r})")
         total = [r"^grad_norm/total", r"^grad_clip/threshold"] if self.mode == "auto" else [r"^grad_norm/total"]
         charts = {TOTAL_NORM_CHART: total, "fraction of steps clipped": [r"^grad_clip/clipped_fraction"]}
-        notes = {TOTAL_NORM_CHART: f"clip threshold {self.threshold:g}"} if self.mode == "norm" else None
-        register_custom_scalars(trainer, "gradient health", charts, notes)
+        register_custom_scalars(trainer, "gradient health", charts)
 
     def _pre_clip_norm(
         self, pl_module: pl.LightningModule, optimizer: Optimizer, grads: list[Tensor]

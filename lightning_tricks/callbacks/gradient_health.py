@@ -31,6 +31,7 @@ from lightning_tricks.callbacks._monitoring import (
     to_host,
     validate_every_n,
 )
+from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
 _ACTIONS = ("warn", "skip", "stop")
@@ -221,6 +222,7 @@ class GradientHealth(TotalNormOwner, Callback):
         self._every_n = 0
         self._trainer: pl.Trainer | None = None
         self._owns_total = True  # logs grad_norm/total unless a WeightNormMonitor does (decided at fit start)
+        self._labels: dict[str, str] = {}
         self._scaled = False  # a GradScaler handles non-finite gradients (16-mixed)
         self._steps = OptimizerSteps()
         self._opts: list[_OptimizerHealth] = []  # training state, one per optimizer (see state_dict)
@@ -249,6 +251,7 @@ class GradientHealth(TotalNormOwner, Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps.attach(trainer)
         self._owns_total = owns_total_norm(self, trainer)
+        self._labels = parameter_labels(pl_module)  # warnings name layers as "net.1 Linear(784→1024)"
         charts = {"median of recent total norms": [r"^grad_health/median_norm"]}
         if self._owns_total:
             charts = {TOTAL_NORM_CHART: [r"^grad_norm/total"], **charts}
@@ -436,7 +439,8 @@ class GradientHealth(TotalNormOwner, Callback):
                 f"{median:.4g}, threshold {self.explode_factor:g} x median). {_REMEDIES}."
             )
         if vanishing:
-            listed = ", ".join(f"{layer} ({c}/{checks} steps)" for layer, c in vanishing.items())
+            labels = self._labels
+            listed = ", ".join(f"{labels.get(layer, layer)} ({c}/{checks} steps)" for layer, c in vanishing.items())
             rank_zero_warn(
                 f"GradientHealth{where}: vanishing gradients in {len(vanishing)} layer(s): {listed}; their gradient "
                 f"norm is below {self.vanish_ratio:g} x the largest layer's or below {self.vanish_floor:g}. "

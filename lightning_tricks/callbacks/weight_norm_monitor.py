@@ -48,15 +48,21 @@ _FAMILIES = {
 }
 
 
-def update_ratios(before: Sequence[Tensor], after: Sequence[Tensor], eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+def update_ratios(
+    before: Sequence[Tensor], after: Sequence[Tensor], eps: float = 1e-12, before_norms: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``||after - before||`` per tensor and the ratio to ``||before||`` (``eps`` guards zero weights); no host sync.
+
+    ``before_norms``: the float32 norms of ``before`` when already known (saves one pass over the weights).
 
     Returns:
         ``(update_norms[P], ratios[P])`` as float32 device tensors.
     """
     diffs = torch._foreach_sub([a.detach() for a in after], list(before))
     update_norms = torch.stack([n.float() for n in torch._foreach_norm(diffs)])
-    weight_norms = torch.stack([n.float() for n in torch._foreach_norm(list(before))])
+    weight_norms = before_norms
+    if weight_norms is None:
+        weight_norms = torch.stack([n.float() for n in torch._foreach_norm(list(before))])
     return update_norms, update_norms / weight_norms.clamp_min(eps)
 
 
@@ -91,10 +97,10 @@ class WeightNormMonitor(TotalNormOwner, Callback):
     Precision: every Lightning precision works (norms in float32). Sharded strategies (FSDP, DeepSpeed) are refused
     at ``setup``: each rank holds only a shard of the weights and gradients, so the norms would be wrong.
 
-    Cost: on steps that do not log, nothing at all (no kernels, no host sync). On a logging step: three
-    ``_foreach_norm`` passes over weights and updates (the gradient norms are shared), a temporary copy of the weights
-    (one model's worth of memory until the step is done), and ONE device-to-host transfer for every value. Histogram
-    steps (the first step of every ``histogram_every_n_epochs``-th epoch) copy each weight and gradient to the host.
+    Cost: on steps that do not log, nothing at all (no kernels, no host sync). On a logging step: two ``_foreach_norm``
+    passes, over the weights and the updates (the gradient norms are shared), a temporary copy of the weights (one
+    model's worth of memory until the step is done), and ONE device-to-host transfer for every value. Histogram steps
+    (the first step of every ``histogram_every_n_epochs``-th epoch) copy each weight and gradient to the host.
 
     Shared statistics (:mod:`lightning_tricks.callbacks._grad_stats`): the gradient norms are the per-step
     statistics shared with ``GradientHealth`` and ``GradientClipping`` (one ``_foreach_norm`` per step between them),
@@ -233,7 +239,8 @@ class WeightNormMonitor(TotalNormOwner, Callback):
         tensors: list[Tensor] = []
         several = len(trainer.optimizers) > 1
         for index, rec in self._pending.items():
-            update_norms, ratios = update_ratios(rec.snapshot, rec.params)
+            # the snapshot is an exact copy of the weights whose norms were taken: reuse them
+            update_norms, ratios = update_ratios(rec.snapshot, rec.params, before_norms=rec.weight_norms)
             labels = [self._label(n) for n in rec.names]
             keys += [f"weight_norm/{t}" for t in labels] + [f"grad_norm/{t}" for t in labels]
             keys += [f"update_ratio/{t}" for t in labels]

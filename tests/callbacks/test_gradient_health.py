@@ -184,7 +184,7 @@ def test_vanishing_flagged_on_early_layers(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="vanishing gradients") as record:
         trainer.fit(DeepSigmoid())
     message = next(str(w.message) for w in record if "vanishing" in str(w.message))
-    assert "net.0 (2/2 steps)" in message and "net.2 " in message  # the first layers
+    assert "net.0 Linear(32→32) (2/2 steps)" in message and "net.2 " in message  # the first layers, named by type
     assert "net.20 " not in message and "net.18 " not in message  # the last layers learn
     assert "normalization" in message and "Adam" in message
     rows = metrics_rows(tmp_path / "lightning_logs" / "version_0")
