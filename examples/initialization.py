@@ -35,7 +35,7 @@ from lightning_tricks.models import MLPClassifier
 
 EXPERIMENT = "initialization"
 SCHEMES = ("standard_normal", "uniform", "xavier_normal", "kaiming_normal", "orthogonal", "lsuv")
-_STD_KEY = re.compile(r"^activation/net\.(\d+)/std$")
+_STD_KEY = re.compile(r"^activation/net\.(\d+) [^/]*/std$")  # "activation/net.3 ReLU/std": layer 3's std
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

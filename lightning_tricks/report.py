@@ -331,7 +331,7 @@ def report(
         note: a line printed under the figure's title (e.g. the run size).
         variants: a regular expression; only the variants whose name matches it in full are drawn and tabled.
         name: the file stem and title (default: the folder's name); only with a single ``RUN_DIR``.
-        profile: a regular expression whose first group is a layer (e.g. ``activation/net\\.(\\d+)/std``): adds a
+        profile: a regular expression whose first group is a layer (e.g. ``activation/net\\.(\\d+) [^/]*/std``): adds a
             first panel of each matching tag's value at its first logged step, against the layer.
 
     Returns:
@@ -350,7 +350,9 @@ def report(
         except re.error as error:
             raise ValueError(f"`profile` {profile!r} is not a regular expression ({error}).") from error
         if groups < 1:
-            raise ValueError(f"`profile` {profile!r} needs a group for the layer, e.g. 'activation/net\\.(\\d+)/std'.")
+            raise ValueError(
+                f"`profile` {profile!r} needs a group for the layer, e.g. 'activation/net\\.(\\d+) [^/]*/std'."
+            )
     if name is not None and len(run_dirs) != 1:
         raise ValueError(f"`name` ({name!r}) names one figure, but {len(run_dirs)} RUN_DIR were given: pass one.")
     written = []

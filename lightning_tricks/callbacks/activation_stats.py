@@ -24,9 +24,12 @@ from lightning_tricks.callbacks._compiled import run_eagerly, strip_compiled_nam
 from lightning_tricks.callbacks._monitoring import (
     is_logging_step,
     log_metrics,
+    register_custom_scalars,
     resolve_every_n_steps,
     validate_every_n,
+    write_custom_scalars,
 )
+from lightning_tricks.callbacks._names import module_type
 
 ActivationKind = Literal["rectifier", "tanh", "sigmoid", "other"]
 
@@ -126,15 +129,18 @@ class ActivationStats(Callback):
     Source: Glorot & Bengio (AISTATS 2010) and He et al. (ICCV 2015) — activation variance through depth as the
     criterion for weight initialization; saturation of sigmoid / tanh units and dead ReLUs.
 
-    Logged keys (``<layer>`` is the module's qualified name in the LightningModule, e.g. ``net.0``, without the
-    ``_orig_mod`` a ``torch.compile`` wrapper adds):
+    Logged keys (``<layer>`` is the module's qualified name in the LightningModule followed by its type, e.g.
+    ``net.0 Linear(784→1024)`` or ``net.1 ReLU`` (``module_label``), without the ``_orig_mod`` a ``torch.compile``
+    wrapper adds):
 
     - ``activation/<layer>/mean`` and ``activation/<layer>/std`` (every selected layer),
     - ``activation/<layer>/dead_fraction``: fraction of exact zeros in a ``ReLU`` / ``ReLU6`` output,
     - ``activation/<layer>/saturation``: fraction of a ``Tanh`` output with ``|y| > saturation_threshold`` or of a
       ``Sigmoid`` output outside ``[1 - saturation_threshold, saturation_threshold]``.
 
-    The latest values are also kept in :attr:`last_stats` (a ``dict[str, float]`` with the same keys).
+    The latest values are also kept in :attr:`last_stats` (a ``dict[str, float]`` with the same keys). TensorBoard
+    only: an "activations" category in the run's one merged custom-scalar layout, one multi-line chart per statistic
+    (a line per layer, named by the tag; use the chart's log-scale toggle when the std spans decades).
 
     Args:
         layer_types: ``torch.nn`` class names of the modules to watch (subclasses match too). Default: every
@@ -183,6 +189,7 @@ class ActivationStats(Callback):
         self.saturation_threshold = saturation_threshold
         self.last_stats: dict[str, float] = {}
         self._layers: dict[str, nn.Module] = {}
+        self._labels: dict[str, str] = {}  # module name -> "net.1 Linear(784→1024)"
         self._handles: list[RemovableHandle] = []
         self._records: dict[str, tuple[Tensor, int]] = {}
         self._restore_compiled: Any = None
@@ -208,11 +215,20 @@ class ActivationStats(Callback):
         self.last_stats = {}  # a reused instance reports only this fit's statistics
         self._warned_silent = False
         self._layers = self.select_layers(pl_module)
+        self._labels = {name: f"{name} {module_type(layer)}" for name, layer in self._layers.items()}
         if not self._layers:
             rank_zero_warn(
                 f"ActivationStats: no module of {pl_module.__class__.__name__} matches layer_types / include /"
                 " exclude; nothing will be logged."
             )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        register_custom_scalars(trainer, "activations", {title: [regex] for title, regex in _CHARTS.items()})
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        write_custom_scalars(trainer)  # the run's one merged layout, once
 
     def _is_logging_step(self, trainer: pl.Trainer) -> bool:
         # Same rule and step count as Lightning's own `self.log` (`_LoggerConnector.should_update_logs`).
@@ -269,13 +285,14 @@ class ActivationStats(Callback):
         values = _finish(moments, counts).tolist()
         stats: dict[str, float] = {}
         for name, (mean, std, dead, saturation) in zip(names, values, strict=True):
-            stats[f"activation/{name}/mean"] = mean
-            stats[f"activation/{name}/std"] = std
+            prefix = f"activation/{self._labels[name]}"
+            stats[f"{prefix}/mean"] = mean
+            stats[f"{prefix}/std"] = std
             kind = activation_kind(self._layers[name])
             if kind == "rectifier":
-                stats[f"activation/{name}/dead_fraction"] = dead
+                stats[f"{prefix}/dead_fraction"] = dead
             elif kind in ("tanh", "sigmoid"):
-                stats[f"activation/{name}/saturation"] = saturation
+                stats[f"{prefix}/saturation"] = saturation
         self.last_stats = stats
         log_metrics(trainer, stats)  # rank zero, at the step Lightning logs this batch under
 
@@ -296,6 +313,15 @@ class ActivationStats(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
         self._records = {}
+
+
+#: The "activations" charts of the custom-scalar layout: one per statistic, a line per layer.
+_CHARTS = {
+    "activation mean per layer": r"^activation/.*/mean$",
+    "activation std per layer": r"^activation/.*/std$",
+    "dead ReLU fraction per layer": r"^activation/.*/dead_fraction$",
+    "tanh / sigmoid saturation per layer": r"^activation/.*/saturation$",
+}
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

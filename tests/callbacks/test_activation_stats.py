@@ -82,9 +82,9 @@ def test_hooks_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(calls) == 2 * 6
     assert all(len(m._forward_hooks) == 0 for m in model.net)
     assert set(cb.last_stats) >= {
-        "activation/net.0/mean",
-        "activation/net.1/dead_fraction",
-        "activation/net.3/saturation",
+        "activation/net.0 Linear(8→16)/mean",
+        "activation/net.1 ReLU/dead_fraction",
+        "activation/net.3 Tanh/saturation",
     }
 
 
@@ -94,9 +94,9 @@ def test_accumulation_merges_micro_batches(tmp_path: Path) -> None:
     assert model.hooks_seen == [1, 1]  # the hooks stay on for both micro-batches of the step
     x = model.data.tensors[0][:8]
     expected = activation_statistics(model.net[0](x))
-    assert cb.last_stats["activation/net.0/mean"] == pytest.approx(expected[0].item(), rel=1e-5)
-    assert cb.last_stats["activation/net.0/std"] == pytest.approx(expected[1].item(), rel=1e-5)
-    assert set(cb.last_stats) == {"activation/net.0/mean", "activation/net.0/std"}
+    assert cb.last_stats["activation/net.0 Linear(8→16)/mean"] == pytest.approx(expected[0].item(), rel=1e-5)
+    assert cb.last_stats["activation/net.0 Linear(8→16)/std"] == pytest.approx(expected[1].item(), rel=1e-5)
+    assert set(cb.last_stats) == {"activation/net.0 Linear(8→16)/mean", "activation/net.0 Linear(8→16)/std"}
 
 
 def _deep_mlp(init: str, depth: int = 6, width: int = 64) -> TinyNet:
@@ -122,7 +122,7 @@ def test_std_grows_with_depth_under_standard_normal_but_not_kaiming(tmp_path: Pa
         torch.manual_seed(0)
         cb = ActivationStats(log_every_n_steps=1, layer_types=["ReLU"])
         tiny_trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(_deep_mlp(init))
-        stds = [cb.last_stats[f"activation/net.{i}/std"] for i in range(1, 12, 2)]
+        stds = [cb.last_stats[f"activation/net.{i} ReLU/std"] for i in range(1, 12, 2)]
         ratios[init] = stds[-1] / stds[0]
     # N(0, 1) weights multiply the scale by about sqrt(fan_in / 2) = 5.7 per layer; Kaiming keeps it.
     assert ratios["standard_normal"] > 300
@@ -134,8 +134,8 @@ def test_relu_with_large_negative_bias_is_dead(tmp_path: Path) -> None:
     nn.init.constant_(model.net[0].bias, -100.0)
     cb = ActivationStats(log_every_n_steps=1)
     tiny_trainer(tmp_path, limit_train_batches=1, callbacks=[cb]).fit(model)
-    assert cb.last_stats["activation/net.1/dead_fraction"] == 1.0
-    assert cb.last_stats["activation/net.1/mean"] == 0.0
+    assert cb.last_stats["activation/net.1 ReLU/dead_fraction"] == 1.0
+    assert cb.last_stats["activation/net.1 ReLU/mean"] == 0.0
 
 
 def test_logged_keys_csv(tmp_path: Path) -> None:
@@ -147,12 +147,12 @@ def test_logged_keys_csv(tmp_path: Path) -> None:
     rows = metrics_rows(trainer.logger.log_dir)
     keys = {k for row in rows for k, v in row.items() if v and k.startswith("activation/")}
     assert keys == {
-        "activation/net.0/mean", "activation/net.0/std",
-        "activation/net.1/mean", "activation/net.1/std", "activation/net.1/dead_fraction",
-        "activation/net.2/mean", "activation/net.2/std",
-        "activation/net.3/mean", "activation/net.3/std", "activation/net.3/saturation",
+        "activation/net.0 Linear(8→16)/mean", "activation/net.0 Linear(8→16)/std",
+        "activation/net.1 ReLU/mean", "activation/net.1 ReLU/std", "activation/net.1 ReLU/dead_fraction",
+        "activation/net.2 Linear(16→16)/mean", "activation/net.2 Linear(16→16)/std",
+        "activation/net.3 Tanh/mean", "activation/net.3 Tanh/std", "activation/net.3 Tanh/saturation",
     }  # fmt: skip
-    assert sorted(int(r["step"]) for r in rows if r.get("activation/net.0/mean")) == [1, 3]
+    assert sorted(int(r["step"]) for r in rows if r.get("activation/net.0 Linear(8→16)/mean")) == [1, 3]
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         logger = CSVLogger(root)
         trainer = tiny_trainer(root, max_epochs=epochs, limit_train_batches=4, callbacks=[cb, ckpt], logger=logger)
         trainer.fit(TinyNet(), ckpt_path=ckpt_path)
-        return cb, [int(r["step"]) for r in metrics_rows(logger.log_dir, "activation/net.0/mean")]
+        return cb, [int(r["step"]) for r in metrics_rows(logger.log_dir, "activation/net.0 Linear(8→16)/mean")]
 
     full, full_steps = run(tmp_path / "full", 3)
     run(tmp_path / "first", 1)
@@ -195,21 +195,23 @@ def test_ddp_two_processes(tmp_path: Path) -> None:
     for rank in ranks:
         assert rank["hooks"] == [0, 4, 0, 4]  # same logging steps on both ranks, hooks only there
         assert set(rank["stats"]) == {
-            "activation/net.0/mean", "activation/net.0/std", "activation/net.1/mean", "activation/net.1/std",
-            "activation/net.1/dead_fraction", "activation/net.2/mean", "activation/net.2/std",
-            "activation/net.4/mean", "activation/net.4/std",
+            "activation/net.0 Linear(8→16)/mean", "activation/net.0 Linear(8→16)/std",
+            "activation/net.1 ReLU/mean", "activation/net.1 ReLU/std", "activation/net.1 ReLU/dead_fraction",
+            "activation/net.2 Linear(16→16)/mean", "activation/net.2 Linear(16→16)/std",
+            "activation/net.4 Linear(16→1)/mean", "activation/net.4 Linear(16→1)/std",
         }  # fmt: skip
     assert ranks[0]["stats"] != ranks[1]["stats"]  # each rank saw its own shard
-    logged = metrics_rows(tmp_path / "lightning_logs" / "version_0", "activation/net.0/mean")
+    key = "activation/net.0 Linear(8→16)/mean"
+    logged = metrics_rows(tmp_path / "lightning_logs" / "version_0", key)
     assert [int(r["step"]) for r in logged] == [1, 3]
-    assert float(logged[-1]["activation/net.0/mean"]) == pytest.approx(ranks[0]["stats"]["activation/net.0/mean"])
+    assert float(logged[-1][key]) == pytest.approx(ranks[0]["stats"][key])
 
 
 def test_bf16_mixed(tmp_path: Path) -> None:
     cb = ActivationStats(log_every_n_steps=1)
     tiny_trainer(tmp_path, limit_train_batches=2, precision="bf16-mixed", callbacks=[cb]).fit(TinyNet())
     assert cb.last_stats and all(math.isfinite(v) for v in cb.last_stats.values())
-    assert cb.last_stats["activation/net.0/std"] > 0
+    assert cb.last_stats["activation/net.0 Linear(8→16)/std"] > 0
 
 
 class LogAtStep(pl.Callback):
@@ -245,7 +247,7 @@ def test_compiled_network_logs_the_same_statistics(tmp_path: Path, how: str) -> 
         return copy.seen
 
     eager, compiled = run(None), run(how)
-    assert [set(s) for s in compiled] == [set(s) for s in eager] and "activation/net.1/dead_fraction" in eager[1]
+    assert [set(s) for s in compiled] == [set(s) for s in eager] and "activation/net.1 ReLU/dead_fraction" in eager[1]
     assert eager[0] == {} and eager[1] == eager[2] != eager[3]  # logged after batches 1 and 3 (steps 2 and 4)
     for a, b in zip(eager, compiled, strict=True):
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
@@ -273,7 +275,7 @@ def test_compiled_function_warns_instead_of_logging_nothing(tmp_path: Path) -> N
 def test_boring_model(tmp_path: Path) -> None:
     cb = ActivationStats(log_every_n_steps=1)
     tiny_trainer(tmp_path, limit_train_batches=2, callbacks=[cb]).fit(BoringModel())
-    assert set(cb.last_stats) == {"activation/layer/mean", "activation/layer/std"}
+    assert set(cb.last_stats) == {"activation/layer Linear(32→2)/mean", "activation/layer Linear(32→2)/std"}
 
 
 def test_no_matching_layer_warns(tmp_path: Path) -> None:

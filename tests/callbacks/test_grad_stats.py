@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
-from lightning_tricks.callbacks import GradientClipping, GradientHealth, WeightNormMonitor
+from lightning_tricks.callbacks import ActivationStats, GradientClipping, GradientHealth, WeightNormMonitor
 from lightning_tricks.callbacks._grad_stats import grad_stats, owns_total_norm
 
 
@@ -154,8 +154,8 @@ def test_one_merged_layout_per_run_with_readable_names(tmp_path: Path) -> None:
     say path and type; every per-parameter scalar is on a chart; a real TensorBoard server serves the layout."""
     seed_everything(0)
     logger = TensorBoardLogger(tmp_path, name="run")
-    callbacks = _all_three()
-    callbacks[1] = WeightNormMonitor(per_layer=True)
+    callbacks = [ActivationStats(), *_all_three()]  # registered in this order; the layout has its own order
+    callbacks[2] = WeightNormMonitor(per_layer=True)
     tiny_trainer(tmp_path, callbacks, logger=logger, **TRAIN_ONLY_ON_CPU, log_every_n_steps=2).fit(_Net())
     layouts = _layouts(logger.log_dir)
     assert len(layouts) == 1  # written once, by the first callback to reach on_train_start
@@ -165,6 +165,7 @@ def test_one_merged_layout_per_run_with_readable_names(tmp_path: Path) -> None:
         "gradient norm per parameter",
         "weight norm per parameter",
         "update / weight ratio per parameter",
+        "activations",
     ]
     charts = {c.title: list(c.multiline.tag) for cat in layouts[0].category for c in cat.chart}
     total = "total gradient norm (before clipping)"  # nothing run-specific: TensorBoard merges runs by title
@@ -176,9 +177,10 @@ def test_one_merged_layout_per_run_with_readable_names(tmp_path: Path) -> None:
     assert "update_ratio/layer.2.bias LayerNorm(16)" in scalars
     assert "weight_norm/layer.3 Linear(16→2)" in scalars  # per layer
     assert "grad_hist/layer.3.weight Linear(16→2)" in histograms
+    assert "activation/layer.1 ReLU/dead_fraction" in scalars and "activation/layer.3 Linear(16→2)/std" in scalars
     regexes = [re.compile(r) for tags in charts.values() for r in tags]
     for tag in scalars:
-        if tag.split("/")[0] in ("grad_norm", "weight_norm", "update_ratio"):
+        if tag.split("/")[0] in ("grad_norm", "weight_norm", "update_ratio", "activation", "grad_health", "grad_clip"):
             assert any(r.search(tag) for r in regexes), f"{tag} is on no chart"
     weights = re.compile(charts["weight_norm: weights"][0])  # weights and 1-d parameters (decades apart) split
     assert weights.match("weight_norm/layer.0.weight Linear(32→16)")
