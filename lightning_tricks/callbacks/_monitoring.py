@@ -310,9 +310,14 @@ def add_text(trainer: pl.Trainer, tag: str, text: str) -> bool:
     return bool(writers)
 
 
+_REGEX_SPECIALS = re.compile(r"([.^$*+?{}\[\]\\|()])")
+
+
 def tag_regex(tags: Iterable[str]) -> str:
-    """One regex matching exactly these tags (labels hold ``(``, ``.`` and ``→``)."""
-    return "^(" + "|".join(re.escape(t) for t in tags) + ")$"
+    """One regex matching exactly these tags (labels hold ``(``, ``.`` and ``→``). Only the metacharacters common to
+    Python's and JavaScript's regexes are escaped (``re.escape`` also escapes spaces, which a JavaScript regex with
+    the unicode flag rejects)."""
+    return "^(" + "|".join(_REGEX_SPECIALS.sub(r"\\\1", t) for t in tags) + ")$"
 
 
 def layer_name(param_name: str) -> str:

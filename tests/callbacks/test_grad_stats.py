@@ -9,6 +9,7 @@ under one key from one owner; one merged custom-scalar layout per run (read back
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -187,5 +188,11 @@ def test_one_merged_layout_per_run_with_readable_names(tmp_path: Path) -> None:
     assert not weights.match("weight_norm/layer.0.bias Linear(32→16)")
     with tensorboard_server(tmp_path) as server:
         served = server.wait_for("/data/plugin/custom_scalars/layout", lambda data: bool(data and data.get("category")))
+        query = urllib.parse.urlencode({"run": "run/version_0", "tag": charts["grad_norm: weights"][0]})
+        lines = server.get(f"/data/plugin/custom_scalars/scalars?{query}")  # what that chart draws
     assert [c["title"] for c in served["category"]] == categories
     assert total in [chart["title"] for chart in served["category"][0]["chart"]]
+    assert lines["regex_valid"] and set(lines["tag_to_events"]) == {
+        "grad_norm/layer.0.weight Linear(32→16)",
+        "grad_norm/layer.3.weight Linear(16→2)",
+    }
