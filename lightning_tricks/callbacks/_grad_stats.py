@@ -73,7 +73,10 @@ class GradStats:
         """Whether these statistics describe ``grads`` as they are now (same tensors, not changed in place)."""
         if len(grads) != len(self._refs):
             return False
-        return all(r() is g and g._version == v for r, g, v in zip(self._refs, grads, self._versions, strict=True))
+        return all(
+            g is not None and r() is g and g._version == v
+            for r, g, v in zip(self._refs, grads, self._versions, strict=True)
+        )
 
     def scaled_(self, coef: Tensor) -> None:
         """Record that every gradient was just multiplied in place by ``coef`` (a 0-dim device tensor): the new norms
@@ -114,14 +117,16 @@ def grad_stats(pl_module: torch.nn.Module, optimizer: Any) -> GradStats | None:
     entry = _ENTRIES.get(optimizer)
     if entry is None:
         entry = _ENTRIES[optimizer] = _Entry()
+    stats = entry.stats
+    # Fast path for the second and third reader of a step: the same gradient tensors, unchanged. (No parameter can
+    # have gained a gradient meanwhile without the others changing: a backward makes new or bumped gradients.)
+    if stats is not None and stats.current(stats.layout.grads()):
+        return stats
     layout = entry.layouts.get(pl_module, optimizer)
     if layout is None:
         entry.stats = None
         return None
     grads = layout.grads()
-    stats = entry.stats
-    if stats is not None and stats.layout is layout and stats.current(grads):
-        return stats
     norms = gradient_norms(grads, layout.half)
     total = torch.linalg.vector_norm(norms)
     stats = entry.stats = GradStats(layout, norms, total, norms, total)
