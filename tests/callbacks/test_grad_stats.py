@@ -171,9 +171,11 @@ def test_one_merged_layout_per_run_with_readable_names(tmp_path: Path) -> None:
     charts = {c.title: list(c.multiline.tag) for cat in layouts[0].category for c in cat.chart}
     total = "total gradient norm (before clipping)"  # nothing run-specific: TensorBoard merges runs by title
     assert charts[total] == ["^grad_norm/total"]  # registered by three callbacks, merged into one chart
-    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0})
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
+    assert "grad_clip/threshold/text_summary" in acc.Tags()["tensors"]  # the constant threshold, as text
+    assert acc.Tensors("grad_clip/threshold/text_summary")[0].tensor_proto.string_val[0].startswith(b"0.01")
     assert "grad_norm/layer.0.weight Linear(32→16)" in scalars
     assert "update_ratio/layer.2.bias LayerNorm(16)" in scalars
     assert "weight_norm/layer.3 Linear(16→2)" in scalars  # per layer
