@@ -14,14 +14,18 @@ clipping by value or AGC) makes them stale, and the next caller recomputes. Read
 device work, no sync.
 
 **Before and after clipping.** ``GradientClipping`` by norm (``"norm"``, ``"auto"``) rescales every gradient by one
-factor ``c``; it then calls :meth:`GradStats.scaled_`, which derives the post-clip norms as ``c`` times the pre-clip
-ones instead of recomputing them, and keeps the pre-clip values in ``norms_before_clip`` / ``total_before_clip``. The
+factor ``c``; it then calls :meth:`GradStats.scaled_`: the post-clip ``norms`` / ``total`` are derived as ``c`` times
+the pre-clip ones (when first read; nothing if nobody reads them), never recomputed from the gradients, and the
+pre-clip values stay in ``norms_before_clip`` / ``total_before_clip``. The
 monitors read those, so they report the gradients as backward made them whatever the order of the callbacks. (After
 clipping by value or AGC the pre-clip norms are gone: put the monitors before such a clipping callback.)
 
 **Maths.** ``norms[i] = ‖g_i‖₂`` in the gradients' dtype (float32 for float16 / bfloat16 gradients, so a norm above
 65504 does not read as ``inf``), ``total = vector_norm(norms)``: exactly what ``clip_grad_norm_(foreach=True)`` and
 ``get_total_norm`` compute for float32 / float64 gradients, in the module's parameter order.
+
+**Cost.** Per optimizer step: one ``_foreach_norm`` and two tiny kernels (stack, total) for the first caller; for
+every caller a Python pass over the optimizer's parameters (the cache check). No host sync.
 
 **One key for the total.** The total gradient norm is logged once, as ``grad_norm/total`` (``/opt<i>`` per optimizer
 with several), by one owner: the first ``WeightNormMonitor`` of ``trainer.callbacks`` if there is one, else the first
@@ -51,25 +55,41 @@ class GradStats:
 
     Attributes:
         layout: the parameters with a gradient, their names and layers (:class:`GradLayout`), in module order.
-        norms: ``[P]`` per-parameter gradient norms of the gradients as they are now.
-        total: L2 norm of all of them.
-        norms_before_clip: ``norms`` before a clipping callback rescaled the gradients (``norms`` if none did).
-        total_before_clip: ``total`` before clipping.
+        norms_before_clip: ``[P]`` per-parameter gradient norms before a clipping callback rescaled the gradients.
+        total_before_clip: L2 norm of all of them.
+        norms: ``[P]`` per-parameter gradient norms of the gradients as they are now (derived after clipping).
+        total: L2 norm of the gradients as they are now.
     """
 
     layout: GradLayout
-    norms: Tensor
-    total: Tensor
     norms_before_clip: Tensor
     total_before_clip: Tensor
+    _coef: Tensor | None = field(default=None, repr=False)  # product of the clip factors applied since
+    _derived: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     _refs: list[weakref.ref[Tensor]] = field(default_factory=list, repr=False)
     _versions: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def norms(self) -> Tensor:
+        return self._current()[0]
+
+    @property
+    def total(self) -> Tensor:
+        return self._current()[1]
+
+    def _current(self) -> tuple[Tensor, Tensor]:
+        if self._coef is None:
+            return self.norms_before_clip, self.total_before_clip
+        if self._derived is None:  # derived when first read: two tiny kernels, none if nobody reads them
+            coef = self._coef.to(self.norms_before_clip.dtype)
+            self._derived = (self.norms_before_clip * coef, self.total_before_clip * coef)
+        return self._derived
 
     def _remember(self, grads: list[Tensor]) -> None:
         self._refs = [weakref.ref(g) for g in grads]
         self._versions = [g._version for g in grads]
 
-    def current(self, grads: list[Tensor]) -> bool:
+    def current(self, grads: list[Tensor | None]) -> bool:
         """Whether these statistics describe ``grads`` as they are now (same tensors, not changed in place)."""
         if len(grads) != len(self._refs):
             return False
@@ -80,9 +100,9 @@ class GradStats:
 
     def scaled_(self, coef: Tensor) -> None:
         """Record that every gradient was just multiplied in place by ``coef`` (a 0-dim device tensor): the new norms
-        are derived (``coef`` times the old, no pass over the gradients); the pre-clip ones are kept."""
-        coef = coef.to(self.norms.dtype)
-        self.norms, self.total = self.norms * coef, self.total * coef
+        are ``coef`` times the old (derived when read, no pass over the gradients); the pre-clip ones are kept."""
+        self._coef = coef if self._coef is None else self._coef * coef
+        self._derived = None
         self._remember(self.layout.grads())
 
 
@@ -128,8 +148,7 @@ def grad_stats(pl_module: torch.nn.Module, optimizer: Any) -> GradStats | None:
         return None
     grads = layout.grads()
     norms = gradient_norms(grads, layout.half)
-    total = torch.linalg.vector_norm(norms)
-    stats = entry.stats = GradStats(layout, norms, total, norms, total)
+    stats = entry.stats = GradStats(layout, norms, torch.linalg.vector_norm(norms))
     stats._remember(grads)
     return stats
 

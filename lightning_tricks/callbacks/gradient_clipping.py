@@ -62,10 +62,15 @@ def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm
     Returns:
         A 0-dim float tensor, ``1.0`` if the gradients were scaled down, else ``0.0``.
     """
+    return clip_to_max_norm_(grads, max_norm, total_norm)[0]
+
+
+def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`scale_to_max_norm_`, also returning the factor the gradients were multiplied by."""
     coef = clip_coefficient(max_norm, total_norm)
     if grads:
         torch._foreach_mul_(grads, coef.to(grads[0].device))
-    return (total_norm > max_norm).float()
+    return (total_norm > max_norm).float(), coef
 
 
 def adaptive_clip_grad_(
@@ -284,9 +289,9 @@ class GradientClipping(TotalNormOwner, Callback):
                 history = state.device_history(total_norm.device, self.history_size)
                 history[state.num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
                 threshold = autoclip_threshold(history, self.percentile)
-            clipped = scale_to_max_norm_(grads, threshold, total_norm)
-            if stats is not None:  # every gradient was multiplied by one factor: derive the post-clip norms
-                stats.scaled_(clip_coefficient(threshold, total_norm))
+            clipped, coef = clip_to_max_norm_(grads, threshold, total_norm)
+            if stats is not None:  # every gradient was multiplied by one factor: the post-clip norms are derived
+                stats.scaled_(coef)
         else:
             if log and self._owns_total:  # the pre-clip norm is only needed for logging
                 total_norm = self._pre_clip_norm(pl_module, optimizer, grads)[0]
