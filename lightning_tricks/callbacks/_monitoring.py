@@ -294,14 +294,6 @@ def write_custom_scalars(trainer: pl.Trainer) -> bool:
     return written
 
 
-def add_custom_scalars(trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]]) -> bool:
-    """:func:`register_custom_scalars` then :func:`write_custom_scalars`: for a callback that registers late (in
-    ``on_train_start``); the run still holds one merged layout. Returns ``False`` without TensorBoard."""
-    registered = register_custom_scalars(trainer, category, charts)
-    write_custom_scalars(trainer)
-    return registered
-
-
 def add_text(trainer: pl.Trainer, tag: str, text: str) -> bool:
     """Write a constant (a threshold, a decay) once as TensorBoard text at step 0, instead of a flat chart."""
     writers = tensorboard_writers(trainer)
