@@ -297,12 +297,17 @@ def first_logged_step(trainer: Trainer) -> int:
     return step
 
 
-def add_resume_callbacks(trainer: Trainer) -> None:
+def add_resume_callbacks(trainer: Trainer, fit: bool = True) -> None:
     """Add what makes a resumed ``fit`` continue exactly (unless the config has them): :class:`SigtermCheckpoint`,
-    :class:`~lightning_tricks.callbacks.RNGStateCheckpoint` and :class:`ContinueTensorBoardRun`."""
+    :class:`~lightning_tricks.callbacks.RNGStateCheckpoint` and :class:`ContinueTensorBoardRun`.
+
+    With ``fit=False`` (validate / test / predict) only the two whose state is in every checkpoint: they do nothing
+    outside ``fit``, and without them Lightning warns that the checkpoint's callbacks were not provided.
+    """
     from lightning_tricks.callbacks import RNGStateCheckpoint
 
-    for kind in (SigtermCheckpoint, RNGStateCheckpoint, ContinueTensorBoardRun):
+    kinds = (RNGStateCheckpoint, ContinueTensorBoardRun)
+    for kind in (SigtermCheckpoint, *kinds) if fit else kinds:
         if not any(isinstance(c, kind) for c in trainer.callbacks):
             trainer.callbacks.append(kind())
 
@@ -445,13 +450,12 @@ class TricksCLI(LightningCLI):
         self._epoch_summary = progress_bar_off_without_terminal(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured Trainer, plus the callbacks of :func:`add_resume_callbacks` for ``fit``."""
+        """The configured Trainer, plus the callbacks of :func:`add_resume_callbacks`."""
         trainer = super().instantiate_trainer(**kwargs)
         refuse_gpu_config_on_cpu(trainer, self.config[self.subcommand] if self.subcommand else self.config)
-        if self.subcommand == "fit":
-            add_resume_callbacks(trainer)
-            if getattr(self, "_epoch_summary", False):
-                trainer.callbacks.append(_quiet.EpochSummary())
+        add_resume_callbacks(trainer, fit=self.subcommand == "fit")
+        if self.subcommand == "fit" and getattr(self, "_epoch_summary", False):
+            trainer.callbacks.append(_quiet.EpochSummary())
         return trainer
 
     def _resolve_last_checkpoint(self) -> None:
