@@ -151,8 +151,8 @@ class GradientHealth(TotalNormOwner, Callback):
 
     Logged keys (rank zero, every ``log_every_n_steps``, at the end of the batch): ``grad_health/median_norm`` (last
     checked step), ``grad_health/min_layer_ratio`` (smallest / largest layer gradient norm),
-    ``grad_health/vanishing_layers`` (layers flagged in the interval), and the running event counts
-    ``grad_health/exploding_steps``, ``grad_health/nonfinite_steps``, ``grad_health/skipped_steps``,
+    ``grad_health/vanishing_layers`` (layers flagged in the interval, from the first such layer on), and the running
+    event counts ``grad_health/exploding_steps``, ``grad_health/nonfinite_steps``, ``grad_health/skipped_steps``,
     ``grad_health/scaler_skipped_steps``, each logged from its first event on (a chart of zeros says nothing; one
     "events" chart of the custom-scalar layout gathers them). ``grad_norm/total`` (the last checked step's total
     norm) only when no ``WeightNormMonitor`` is in the trainer: the total is logged once, by one owner. With several
@@ -426,7 +426,9 @@ class GradientHealth(TotalNormOwner, Callback):
                 f" being updated: the loss is probably NaN or inf, not an fp16 overflow. {_REMEDIES}."
             )
         values = {"grad_health/median_norm": median, "grad_health/min_layer_ratio": acc["min_layer_ratio"]}
-        values["grad_health/vanishing_layers"] = float(len(vanishing))
+        state.vanishing_seen = state.vanishing_seen or bool(vanishing)
+        if state.vanishing_seen:  # like the event counters below: from the first vanishing layer on
+            values["grad_health/vanishing_layers"] = float(len(vanishing))
         # event counters are drawn from their first event on: a chart of zeros says nothing
         values.update({f"grad_health/{k}": float(v) for k, v in state.counts.items() if v > 0})
         if self._owns_total:
@@ -482,6 +484,7 @@ class _OptimizerHealth:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))  # running counts
     scaler_streak: int = 0  # consecutive checked steps the GradScaler skipped (known at logging steps)
     warned_streak: bool = False
+    vanishing_seen: bool = False  # a layer has vanished once: `vanishing_layers` is logged from then on
     # "warn": checked steps not diagnosed yet (per-tensor gradient norms, one row per step, all of `layout`)
     rows: Tensor | None = None
     pending: int = 0
@@ -502,6 +505,7 @@ class _OptimizerHealth:
             "layers": list(self.layers),
             "counts": dict(self.counts),
             "scaler_streak": self.scaler_streak,
+            "vanishing_seen": self.vanishing_seen,
         }
 
     def load(self, entry: dict[str, Any], history: int) -> None:
@@ -515,3 +519,4 @@ class _OptimizerHealth:
         self.layers = list(entry.get("layers", []))
         self.counts.update(entry.get("counts", {}))
         self.scaler_streak = int(entry.get("scaler_streak", 0))
+        self.vanishing_seen = bool(entry.get("vanishing_seen", False))
