@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
@@ -67,6 +68,45 @@ def check_range(
         raise ValueError(f"Expected argument `{option}` to be in the range {interval}, but got {value!r}.")
 
 
+class WeightedMean(Metric):
+    """The mean of scalars weighted by their batch sizes, exact over an epoch and summed over DDP ranks.
+
+    torchmetrics' ``MeanMetric`` either checks every value for NaN (a host-device synchronization per update) or,
+    with ``nan_strategy="disable"``, drops the weights (a short last batch would count as a full one). This keeps
+    both: ``update`` launches two device additions and never synchronizes. The states are summed over ranks by
+    torchmetrics' own sync in ``compute``. ``forward`` updates and returns the batch value Lightning logs on the step,
+    optionally one already reduced over ranks (not ``dist_sync_on_step``: torchmetrics' ``forward`` would keep the
+    synced batch state in the epoch state, counting the other ranks' batches twice).
+    """
+
+    full_state_update = False
+    total: Tensor
+    weight: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    @override
+    def update(self, value: Tensor, weight: int) -> None:
+        """Add ``value`` (a 0-dim tensor) counted ``weight`` times."""
+        self.total += value.detach() * weight
+        self.weight += weight
+
+    @override
+    def forward(self, value: Tensor, weight: int, step_value: Tensor | None = None) -> Tensor:
+        """``update(value, weight)``; return (and keep for Lightning's step logging) ``step_value``, else ``value``."""
+        self.update(value, weight)
+        self._forward_cache = (value if step_value is None else step_value).detach()
+        return self._forward_cache
+
+    @override
+    def compute(self) -> Tensor:
+        """The weighted mean of the values since the last reset."""
+        return self.total / self.weight
+
+
 class Classifier(LightningModule):
     """Base image classifier: cross-entropy training with a chosen optimizer, accuracy metrics and logging.
 
@@ -88,14 +128,23 @@ class Classifier(LightningModule):
     Hooks: the loss and metrics run in ``training_step`` / ``validation_step`` / ``test_step``; ``channels_last`` and
     ``compile`` are applied once in ``setup`` (before DDP wraps the model); the HPARAMS record is written in
     ``setup``. Cost: no host-device synchronization on the hot path; everything stays a tensor until Lightning logs it.
+    Training metrics are accumulated on the device every step (the loss in a :class:`WeightedMean`, the accuracy in
+    torchmetrics' state) and handed to ``self.log`` only on the steps whose values reach the loggers (Lightning's
+    ``log_every_n_steps`` rule, plus the first training step of each epoch so the epoch values always exist):
+    ``self.log`` costs more than a small CPU step's forward pass, and Lightning writes only the last step value of
+    each logging interval anyway.
 
     Input checks: the shapes and dtypes of ``x`` and ``y`` are checked on every batch (free: shapes live on the host).
     The label range (``0 <= y < num_classes``) needs the values: it is checked on every batch of CPU tensors and, on an
     accelerator, only on the first batch of each epoch (one deliberate sync per epoch per stage).
 
     Logged keys: ``train/loss``, ``train/acc`` (``_step`` and ``_epoch`` variants), ``val/loss``, ``val/acc``,
-    ``test/loss``, ``test/acc`` (per epoch, reduced over DDP ranks: losses with ``sync_dist=True``, accuracy through
-    torchmetrics' own state sync). Label smoothing applies to the training loss only.
+    ``test/loss``, ``test/acc`` (per epoch, reduced over DDP ranks: losses with ``sync_dist=True`` or, in training,
+    :class:`WeightedMean`'s summed states; accuracy through torchmetrics' own state sync). ``train/*_epoch`` is the
+    exact batch-size-weighted mean over all of the epoch's batches; ``train/loss_step`` (the batch's loss, averaged
+    over DDP ranks) and ``train/acc_step`` (torchmetrics' batch value) are the values of the logging step's batch,
+    and ``trainer.callback_metrics["train/loss_step"]`` changes only on those steps. Label smoothing applies to the
+    training loss only.
 
     TensorBoard HPARAMS: the TensorBoard ``hparams`` record is written in ``setup`` (before Lightning's own automatic
     call) with the metrics ``val/acc``, ``val/loss``, ``test/acc``, ``test/loss``, ``train/acc_epoch`` and
@@ -186,6 +235,8 @@ class Classifier(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_loss = WeightedMean()
+        self._train_logged_this_epoch = False
 
     @override
     def forward(self, x: Tensor) -> Tensor:
@@ -341,14 +392,44 @@ class Classifier(LightningModule):
         metric: MulticlassAccuracy = getattr(self, f"{stage}_acc")
         batch_size = x.shape[0]
         if stage == "train":
-            metric(logits.detach(), y)
-            self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=batch_size)
-            self.log("train/acc", metric, on_step=True, on_epoch=True, batch_size=batch_size)
+            self._log_training_metrics(loss, logits.detach(), y)
         else:
             metric.update(logits, y)
             self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
             self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
+
+    def _log_training_metrics(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        """Accumulate the training loss and accuracy; call ``self.log`` only when the step values are written.
+
+        ``forward`` (the batch value plus the update) runs on those steps, ``update`` alone on the others; the epoch
+        values come from the metrics' full states, whichever steps logged them.
+        """
+        trainer = self._trainer
+        # Lightning's own rule (no public equivalent): the step values it writes are the last ones logged by then.
+        # Applied with or without a logger, so `callback_metrics` holds the same step values either way.
+        log_now = (
+            trainer is None
+            or not self._train_logged_this_epoch
+            or trainer._logger_connector.should_update_logs
+            or bool(trainer.fast_dev_run)
+        )
+        if not log_now:
+            self.train_loss.update(loss, y.shape[0])
+            self.train_acc.update(logits, y)
+            return
+        self._train_logged_this_epoch = True
+        # the step loss averaged over ranks, as `self.log(..., sync_dist=True)` would (no-op on one device)
+        step_loss = loss.detach() if trainer is None else trainer.strategy.reduce(loss.detach(), reduce_op="mean")
+        self.train_loss(loss, y.shape[0], step_loss)
+        self.train_acc(logits, y)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True)
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        """Log the first training step of each epoch, so the epoch values exist however long the log interval."""
+        self._train_logged_this_epoch = False
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -239,10 +239,14 @@ def test_channels_last_and_compile_applied_once_in_setup() -> None:
 class _ConstantNet(nn.Module):
     """Predicts class 0 for every input, with log-probability log(0.7) for class 0 and log(0.3 / 9) for the rest."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))  # something to optimize in `fit`; its gradient is always 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = torch.full((x.shape[0], 10), math.log(0.3 / 9), device=x.device)
         logits[:, 0] = math.log(0.7)
-        return logits + 0 * x.flatten(1).sum(1, keepdim=True)
+        return logits + 0 * x.flatten(1).sum(1, keepdim=True) + 0 * self.unused
 
 
 class _ConstantClassifier(Classifier):
@@ -251,15 +255,65 @@ class _ConstantClassifier(Classifier):
         self.net = _ConstantNet()
 
 
-def test_ddp_validation_metrics_are_reduced_over_ranks(tmp_path: Path) -> None:
+def test_ddp_training_and_validation_metrics_are_reduced_over_ranks(tmp_path: Path) -> None:
     # DistributedSampler(shuffle=False) gives rank r the samples r, r+2, ...: rank 0 sees only class-0 labels (all
     # right, loss -log 0.7), rank 1 only class-1 labels (all wrong, loss -log(0.3/9)). Only reduced values give 0.5.
     y = torch.tensor([0, 1] * 8)
     data = DataLoader(TensorDataset(torch.zeros(16, 1, 4, 4), y), batch_size=4)
-    ddp_trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn")
-    results = ddp_trainer.validate(_ConstantClassifier(), data, verbose=False)[0]
-    assert results["val/acc"] == pytest.approx(0.5)
-    assert results["val/loss"] == pytest.approx((-math.log(0.7) - math.log(0.3 / 9)) / 2, rel=1e-5)
+    ddp_trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn", max_epochs=1, log_every_n_steps=1)
+    ddp_trainer.fit(_ConstantClassifier(), data, data)
+    metrics = ddp_trainer.callback_metrics
+    mean_loss = (-math.log(0.7) - math.log(0.3 / 9)) / 2
+    for key in ("val/acc", "train/acc_epoch"):
+        assert metrics[key].item() == pytest.approx(0.5), key
+    for key in ("val/loss", "train/loss_epoch", "train/loss_step"):  # the step loss too is averaged over ranks
+        assert metrics[key].item() == pytest.approx(mean_loss, rel=1e-5), key
+
+
+class _RecordBatches(Callback):
+    """Records every training batch's loss and accuracy (recomputed) and the logged step values."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.correct: list[float] = []
+        self.sizes: list[int] = []
+        self.step_values: list[tuple[int, float, float]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        x, y = batch
+        self.losses.append(outputs["loss"].item())
+        self.sizes.append(len(y))
+        logits = pl_module(x)  # the weights after the step: the accuracy is recomputed in `on_train_batch_start`
+        del logits
+        if trainer._logger_connector.should_update_logs:
+            metrics = trainer.callback_metrics
+            self.step_values.append((batch_idx, metrics["train/loss_step"].item(), metrics["train/acc_step"].item()))
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        x, y = batch
+        with torch.no_grad():
+            self.correct.append((pl_module(x).argmax(1) == y).float().sum().item())
+
+
+def test_training_epoch_values_are_exact_means_over_all_batches_and_step_values_the_logged_batch(
+    tmp_path: Path,
+) -> None:
+    # 7 batches of 8, 8, ..., 4 (a short last one), logged every 3 steps: the step values reach Lightning only on
+    # steps 3 and 6 (and the first), the epoch values must still weigh every batch by its size.
+    record = _RecordBatches()
+    trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=3, callbacks=[record])
+    trainer.fit(tiny_mlp(lr=0.05), loader(n=52, batch_size=8))
+    sizes = torch.tensor(record.sizes, dtype=torch.float64)
+    assert sizes.tolist() == [8.0] * 6 + [4.0]
+    expected_loss = (torch.tensor(record.losses, dtype=torch.float64) * sizes).sum() / sizes.sum()
+    expected_acc = sum(record.correct) / sizes.sum().item()
+    metrics = trainer.callback_metrics
+    assert metrics["train/loss_epoch"].item() == pytest.approx(expected_loss.item(), rel=1e-6)
+    assert metrics["train/acc_epoch"].item() == pytest.approx(expected_acc, abs=1e-7)
+    assert [index for index, _, _ in record.step_values] == [2, 5]
+    for index, loss, acc in record.step_values:
+        assert loss == pytest.approx(record.losses[index], rel=1e-6)
+        assert acc == pytest.approx(record.correct[index] / 8, abs=1e-7)
 
 
 def test_ema_on_a_classifier_gives_no_configure_model_warning(tmp_path: Path) -> None:
