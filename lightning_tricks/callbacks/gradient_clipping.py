@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -35,6 +35,7 @@ from lightning_tricks.callbacks._grad_stats import (
     TotalNormOwner,
     covers_optimizer,
     grad_stats,
+    gradient_norms,
     owns_total_norm,
 )
 from lightning_tricks.callbacks._monitoring import (
@@ -47,6 +48,8 @@ from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
 ClipMode = Literal["norm", "value", "agc", "auto"]
 _MODES = ("norm", "value", "agc", "auto")
+#: "norm" mode keeps each step's 0-dim pre-clip norm until it is counted; at most this many between two counts.
+_MAX_KEPT_NORMS = 256
 
 
 def clip_coefficient(max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
@@ -62,15 +65,16 @@ def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm
     Returns:
         A 0-dim float tensor, ``1.0`` if the gradients were scaled down, else ``0.0``.
     """
-    return clip_to_max_norm_(grads, max_norm, total_norm)[0]
+    clip_to_max_norm_(grads, max_norm, total_norm)
+    return (total_norm > max_norm).float()
 
 
-def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`scale_to_max_norm_`, also returning the factor the gradients were multiplied by."""
+def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
+    """:func:`scale_to_max_norm_` without the indicator: return the factor the gradients were multiplied by."""
     coef = clip_coefficient(max_norm, total_norm)
     if grads:
         torch._foreach_mul_(grads, coef.to(grads[0].device))
-    return (total_norm > max_norm).float(), coef
+    return coef
 
 
 def adaptive_clip_grad_(
@@ -144,9 +148,11 @@ class GradientClipping(TotalNormOwner, Callback):
 
     Shared statistics (:mod:`lightning_tricks.callbacks._grad_stats`): in ``"norm"`` and ``"auto"`` mode with the L2
     norm, the total norm comes from the per-step gradient statistics shared with ``GradientHealth`` and
-    ``WeightNormMonitor`` (one ``_foreach_norm`` per step between them, or here when alone), and after clipping the
-    post-clip norms are derived (``coefficient x`` the pre-clip ones), not recomputed. Same maths as
-    ``clip_grad_norm_(foreach=True)``, bit for bit on float32 / float64 gradients.
+    ``WeightNormMonitor`` (one ``_foreach_norm`` per step between them), and after clipping the post-clip norms are
+    derived (``coefficient x`` the pre-clip ones), not recomputed. Alone (no such callback in the trainer, decided at
+    fit start) it skips the sharing's bookkeeping and computes the norm itself. Same maths as
+    ``clip_grad_norm_(foreach=True)``, bit for bit on float32 / float64 gradients (float32 norms of float16 /
+    bfloat16 gradients).
 
     Logged keys (at logging steps only, through ``pl_module.log``; ``/opt<i>`` appended with several optimizers):
 
@@ -222,6 +228,7 @@ class GradientClipping(TotalNormOwner, Callback):
         self._state: list[_ClipState] = []  # training state per optimizer (saved in checkpoints)
         self._skip: set[int] = set()
         self._owns_total = True  # logs grad_norm/total unless a monitor does (decided at fit start)
+        self._shares_stats = True  # reads the shared statistics: another callback does too (decided at fit start)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -250,6 +257,9 @@ class GradientClipping(TotalNormOwner, Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._owns_total = owns_total_norm(self, trainer)
+        # Alone, the sharing's bookkeeping (cache checks, remembering the gradients, deriving post-clip norms) buys
+        # nothing: nobody else reads the statistics.
+        self._shares_stats = any(isinstance(cb, TotalNormOwner) and cb is not self for cb in trainer.callbacks)
         if self.mode != "auto":  # a constant is text (and an HPARAMS column), not a flat chart
             add_text(trainer, "grad_clip/threshold", f"{self.threshold:g} (mode {self.mode!r})")
         total = [r"^grad_norm/total", r"^grad_clip/threshold"] if self.mode == "auto" else [r"^grad_norm/total"]
@@ -261,10 +271,14 @@ class GradientClipping(TotalNormOwner, Callback):
     ) -> tuple[Tensor, GradStats | None]:
         """The total norm of the gradients as they are now, and the shared statistics it comes from: shared
         (:mod:`._grad_stats`) for the L2 norm of the module's parameters, computed here otherwise (``None``)."""
-        stats = grad_stats(pl_module, optimizer) if self.norm_type == 2.0 else None
+        if self.norm_type != 2.0:
+            return torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True), None
+        stats = grad_stats(pl_module, optimizer) if self._shares_stats else None
         if stats is not None and covers_optimizer(stats, optimizer):
             return stats.total, stats
-        return torch.nn.utils.get_total_norm(grads, self.norm_type, foreach=True), None
+        # the shared statistics' maths (get_total_norm's, with float32 norms of half-precision gradients)
+        half = any(g.dtype in (torch.float16, torch.bfloat16) for g in grads)
+        return torch.linalg.vector_norm(gradient_norms(grads, half)), None
 
     @override
     def on_before_optimizer_step(
@@ -281,6 +295,7 @@ class GradientClipping(TotalNormOwner, Callback):
         log = trainer_logs_now(trainer)
         total_norm: Tensor | None = None  # pre-clip norm; for "value" / "agc" only computed when it is logged
         threshold: Tensor | float = self.threshold
+        clipped: Tensor | None
         if self.mode in ("norm", "auto"):
             # Same maths as clip_grad_norm_(foreach=True) (get_total_norm, then one foreach multiply by the clamped
             # coefficient), with the total shared with the monitors and the post-clip norms derived, not recomputed.
@@ -289,16 +304,23 @@ class GradientClipping(TotalNormOwner, Callback):
                 history = state.device_history(total_norm.device, self.history_size)
                 history[state.num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
                 threshold = autoclip_threshold(history, self.percentile)
-            clipped, coef = clip_to_max_norm_(grads, threshold, total_norm)
+            coef = clip_to_max_norm_(grads, threshold, total_norm)
             if stats is not None:  # every gradient was multiplied by one factor: the post-clip norms are derived
                 stats.scaled_(coef)
+            if self.mode == "norm":  # a constant threshold: compared with the kept norms when logged, no kernel now
+                state.norms_since_log.append(total_norm)
+                if len(state.norms_since_log) >= _MAX_KEPT_NORMS:  # bounded memory without a logger
+                    state.count_clipped_norms(self.threshold)
+                clipped = None
+            else:
+                clipped = total_norm > threshold
         else:
             if log and self._owns_total:  # the pre-clip norm is only needed for logging
                 total_norm = self._pre_clip_norm(pl_module, optimizer, grads)[0]
             if self.mode == "value":
                 max_abs = torch.stack(torch._foreach_norm(grads, math.inf)).max()
                 torch.nn.utils.clip_grad_value_(params, self.threshold, foreach=True)
-                clipped = (max_abs > self.threshold).float()
+                clipped = max_abs > self.threshold
             else:
                 kept = [p for p in params if id(p) not in self._skip]
                 clipped = (
@@ -308,7 +330,10 @@ class GradientClipping(TotalNormOwner, Callback):
                 )
         state.num_steps += 1
         state.steps_since_log += 1
-        state.clipped_sum = clipped if state.clipped_sum is None else state.clipped_sum.to(clipped.device) + clipped
+        if clipped is not None:  # float + bool: one kernel (a bool indicator is never converted on its own)
+            state.clipped_sum = (
+                clipped.float() if state.clipped_sum is None else state.clipped_sum.to(clipped.device) + clipped
+            )
         if log:
             self._log(trainer, pl_module, state, index, total_norm, threshold)
 
@@ -321,6 +346,7 @@ class GradientClipping(TotalNormOwner, Callback):
         total_norm: Tensor | None,
         threshold: Tensor | float,
     ) -> None:
+        state.count_clipped_norms(self.threshold)
         assert state.clipped_sum is not None  # a step was counted just before
         values = {"grad_clip/clipped_fraction": state.clipped_sum.float() / state.steps_since_log}
         if self.mode == "auto":  # AutoClip's threshold moves; a constant one is written once as text
@@ -338,6 +364,8 @@ class GradientClipping(TotalNormOwner, Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        for state in self._state:
+            state.count_clipped_norms(self.threshold)
         return {"optimizers": [state.to_dict() for state in self._state]}
 
     @override
@@ -356,6 +384,16 @@ class _ClipState:
     num_steps: int = 0  # steps of this optimizer, the ring buffer's write position
     clipped_sum: Tensor | None = None  # clipped indicator summed since the last log, on the device
     steps_since_log: int = 0
+    norms_since_log: list[Tensor] = field(default_factory=list)  # "norm" mode: pre-clip norms not yet counted
+
+    def count_clipped_norms(self, threshold: float) -> None:
+        """Add the kept pre-clip norms above ``threshold`` to ``clipped_sum`` (a few kernels per logging interval
+        instead of two per step) and forget them."""
+        if not self.norms_since_log:
+            return
+        count = (torch.stack(self.norms_since_log) > threshold).sum(dtype=torch.float32)
+        self.clipped_sum = count if self.clipped_sum is None else self.clipped_sum.to(count.device) + count
+        self.norms_since_log = []
 
     def device_history(self, device: torch.device, size: int) -> Tensor:
         """The AutoClip ring buffer on ``device`` with ``size`` slots (a checkpoint's other size is carried over)."""

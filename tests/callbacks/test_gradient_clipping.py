@@ -362,3 +362,36 @@ def test_reused_instance_starts_a_fresh_history(tmp_path: Path) -> None:
     thresholds = [float(r["grad_clip/threshold"]) for r in rows if r.get("grad_clip/threshold")]
     assert thresholds == pytest.approx([max(norms[: k + 1]) for k in range(8)], rel=1e-5)
     assert clip.state_dict()["optimizers"][0]["num_steps"] == 8
+
+
+def test_norm_mode_alone_clips_like_torch_and_counts_every_clipped_step() -> None:
+    """Alone (no monitor to share the statistics with), "norm" mode computes the norm itself and counts the clipped
+    steps from the norms it keeps (counted every 256 steps when nothing logs): torch's gradients, the exact count."""
+    torch.manual_seed(0)
+    model, reference = nn.Linear(4, 3), nn.Linear(4, 3)
+    reference.load_state_dict(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    clip = GradientClipping(mode="norm", threshold=1.0)
+    trainer = SimpleNamespace(
+        loggers=[],
+        is_global_zero=True,
+        _logger_connector=SimpleNamespace(should_update_logs=False),
+        optimizers=[optimizer],
+        callbacks=[clip],
+    )
+    clip.setup(SimpleNamespace(gradient_clip_val=None, strategy=object()), model, "fit")
+    clip.on_fit_start(trainer, model)
+    x = torch.randn(300, 8, 4)
+    expected = 0
+    for i in range(300):
+        scale = 10.0 if i % 3 == 0 else 0.01  # every third step is clipped
+        for module in (model, reference):
+            module.zero_grad()
+            (module(x[i]).sum() * scale).backward()
+        expected += int(torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0, foreach=True) > 1.0)
+        clip.on_before_optimizer_step(trainer, model, optimizer)
+        for ours, torchs in zip(model.parameters(), reference.parameters(), strict=True):
+            assert torch.equal(ours.grad, torchs.grad)
+    state = clip.state_dict()["optimizers"][0]
+    assert state["steps_since_log"] == 300
+    assert state["clipped_sum"].item() == expected == 100
