@@ -7,8 +7,8 @@ Variants, measured side by side in one process (``--repeats`` rounds, the order 
   (the data module's own ``random_crop_flip``), forward (with label smoothing), backward, optimizer and one-cycle
   scheduler steps, the training accuracy counted on the device; then a validation pass. One host copy per epoch.
 - ``lightning_minimal``: ``Trainer(logger=False, enable_checkpointing=False)``, no progress bar; the package's
-  ``Classifier`` (which calls ``self.log`` for loss and torchmetrics accuracy every step) and
-  ``FashionMNISTDataModule``.
+  ``Classifier`` (which accumulates the training loss and accuracy on the device every step and calls ``self.log``
+  only on Lightning's logging steps) and ``FashionMNISTDataModule``.
 - ``lightning_ours``: what ``lightning-tricks fit --config examples/configs/*.yaml`` builds: a ``TensorBoardLogger``,
   ``log_every_n_steps=50``, ``ModelCheckpoint(monitor="val/acc", mode="max", save_last=True)`` and
   ``LearningRateMonitor(logging_interval="epoch")``; no progress bar (a terminal concern, not training).
