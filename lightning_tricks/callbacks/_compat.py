@@ -2,12 +2,11 @@
 
 Rule 8 of the design: every setting Lightning offers (precision plugins, strategies, compiled modules, frozen
 parameters, manual optimization) either works or is refused at ``setup`` with a message that names the setting and
-the alternative. These helpers give those messages one shape.
+the alternative. These helpers give those messages one shape. (No callback refuses a precision: all ten work under
+every precision Lightning offers on the CPU, see the README's compatibility table.)
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -34,17 +33,4 @@ def refuse_sharded(callback: pl.Callback, trainer: pl.Trainer, why: str, alterna
         raise MisconfigurationException(
             f"{type(callback).__name__} does not support the {type(trainer.strategy).__name__} strategy: {why}."
             f" {alternative}"
-        )
-
-
-def refuse_precision(
-    callback: pl.Callback, trainer: pl.Trainer, refused: Iterable[str], why: str, alternative: str
-) -> None:
-    """Raise ``MisconfigurationException`` at ``setup`` when ``trainer.precision`` is one of ``refused``
-    (Lightning's names: ``"32-true"``, ``"64-true"``, ``"bf16-mixed"``, ``"bf16-true"``, ``"16-mixed"``,
-    ``"16-true"``, ``"transformer-engine"``, ...)."""
-    precision = str(trainer.precision)
-    if precision in set(refused):
-        raise MisconfigurationException(
-            f"{type(callback).__name__} does not support Trainer(precision={precision!r}): {why}. {alternative}"
         )
