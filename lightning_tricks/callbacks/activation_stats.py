@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compiled import run_eagerly, strip_compiled_name
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import (
     is_logging_step,
     log_metrics,
@@ -194,6 +195,7 @@ class ActivationStats(Callback):
         self._records: dict[str, tuple[Tensor, int]] = {}
         self._restore_compiled: Any = None
         self._warned_silent = False
+        skip_unused_batch_hooks(self)
 
     def select_layers(self, module: nn.Module) -> dict[str, nn.Module]:
         """The watched submodules of ``module`` by qualified name."""

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks.ema import EMA
 
 
@@ -152,6 +153,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self._check_on_train_epoch_end_arg = check_on_train_epoch_end
+        skip_unused_batch_hooks(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

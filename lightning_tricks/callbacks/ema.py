@@ -23,6 +23,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import add_text, trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
@@ -160,6 +161,7 @@ class EMA(WeightAveraging):
         self._steps = OptimizerSteps(on_step=self._after_step)
         self._module: pl.LightningModule | None = None  # during fit, for the step hooks
         self._reset()
+        skip_unused_batch_hooks(self)
 
     def _reset(self) -> None:
         self._num_updates = 0  # updates of any optimizer's parameters

@@ -38,6 +38,7 @@ from lightning_tricks.callbacks._grad_stats import (
     gradient_norms,
     owns_total_norm,
 )
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import (
     TOTAL_NORM_CHART,
     add_text,
@@ -70,11 +71,22 @@ def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm
 
 
 def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
-    """:func:`scale_to_max_norm_` without the indicator: return the factor the gradients were multiplied by."""
+    """:func:`scale_to_max_norm_` without the indicator: return the factor the gradients were multiplied by.
+
+    On the CPU, where reading a value costs no device synchronization, a factor of exactly 1 (the norm is within the
+    threshold) skips the multiplication, which would leave every gradient bitwise unchanged: one read and one write
+    of every gradient saved on the steps that are not clipped. On an accelerator the multiplication always runs, so
+    that nothing waits for the device.
+    """
     coef = clip_coefficient(max_norm, total_norm)
-    if grads:
+    if grads and not (reads_are_free(coef.device) and reads_are_free(grads[0].device) and coef.item() == 1.0):
         torch._foreach_mul_(grads, coef.to(grads[0].device))
     return coef
+
+
+def reads_are_free(device: torch.device) -> bool:
+    """Whether reading a tensor's value on ``device`` from Python costs no synchronization (the CPU's memory)."""
+    return device.type == "cpu"
 
 
 def adaptive_clip_grad_(
@@ -229,6 +241,7 @@ class GradientClipping(TotalNormOwner, Callback):
         self._skip: set[int] = set()
         self._owns_total = True  # logs grad_norm/total unless a monitor does (decided at fit start)
         self._shares_stats = True  # reads the shared statistics: another callback does too (decided at fit start)
+        skip_unused_batch_hooks(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import (
     TOTAL_NORM_CHART,
     GradLayout,
@@ -226,6 +227,7 @@ class GradientHealth(TotalNormOwner, Callback):
         self._scaled = False  # a GradScaler handles non-finite gradients (16-mixed)
         self._steps = OptimizerSteps()
         self._opts: list[_OptimizerHealth] = []  # training state, one per optimizer (see state_dict)
+        skip_unused_batch_hooks(self)
 
     def _state(self, index: int) -> _OptimizerHealth:
         while len(self._opts) <= index:

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import log_metrics
 
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values", "data")
@@ -173,6 +174,7 @@ class InputRangeCheck(Callback):
         self.tolerance = tolerance
         self.batch_key = batch_key
         self._reset()
+        skip_unused_batch_hooks(self)
 
     def _reset(self) -> None:
         self.checked = 0

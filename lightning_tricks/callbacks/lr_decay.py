@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks._loops import estimated_stepping_batches
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps
 
@@ -179,6 +180,7 @@ class LRDecay(Callback):
         self._trainer: pl.Trainer | None = None
         self._legacy_steps = False  # a checkpoint without step counts: derived from global_step at fit start
         self._warned_past_total = False
+        skip_unused_batch_hooks(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+
 
 def collect_rng_state() -> dict[str, Any]:
     """This process's global RNG state: torch CPU, every visible CUDA device, NumPy and Python ``random``.
@@ -117,6 +119,7 @@ class RNGStateCheckpoint(Callback):
     def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
         self._pending: dict[str, Any] | None = None  # a loaded checkpoint's state, put back in on_train_start
+        skip_unused_batch_hooks(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import logging_step, trainer_logs_now
 
 DecayMode = Literal["l2", "decoupled"]
@@ -162,6 +163,7 @@ class WeightDecay(Callback):
         self._params: list[nn.Parameter] = []
         self._ids: set[int] = set()
         self._logged_step = -1
+        skip_unused_batch_hooks(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._compiled import call_eagerly, strip_compiled_name
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._lsuv import ForwardFn, apply_scales_, lsuv_, resolve_forward_fn
 
 __all__ = ["WeightInit", "apply_scales_", "fan_in", "init_layer_", "lsuv_", "target_layers"]
@@ -234,6 +235,7 @@ class WeightInit(Callback):
         self.lsuv_forward_fn = lsuv_forward_fn
         self._forward_fn = resolve_forward_fn(lsuv_forward_fn)
         self.include_frozen = include_frozen
+        skip_unused_batch_hooks(self)
 
     def _layers(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
         return target_layers(module, self.include, self.exclude, self.include_frozen)

@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import (
     TOTAL_NORM_CHART,
     add_histograms,
@@ -161,6 +162,7 @@ class WeightNormMonitor(TotalNormOwner, Callback):
         self._pending: dict[int, _Pending] = {}  # per optimizer: this batch's record
         self._owns_total = True  # logs grad_norm/total (decided at fit start; see _grad_stats)
         self._labels: dict[str, str] = {}  # parameter / layer name -> "net.1.weight Linear(784→1024)"
+        skip_unused_batch_hooks(self)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

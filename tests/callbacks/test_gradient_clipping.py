@@ -35,8 +35,13 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_tricks.callbacks import GradientClipping
-from lightning_tricks.callbacks.gradient_clipping import adaptive_clip_grad_, autoclip_threshold, scale_to_max_norm_
+from lightning_tricks.callbacks import GradientClipping, gradient_clipping
+from lightning_tricks.callbacks.gradient_clipping import (
+    adaptive_clip_grad_,
+    autoclip_threshold,
+    clip_to_max_norm_,
+    scale_to_max_norm_,
+)
 
 
 class GradRecorder(BoringModel):
@@ -83,6 +88,17 @@ def test_maths_on_hand_computed_tensors() -> None:
     grads = [torch.tensor([0.3, 0.4])]
     assert scale_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)).item() == 0.0
     torch.testing.assert_close(grads[0], torch.tensor([0.3, 0.4]))
+
+    # On the CPU a norm within the threshold writes nothing (factor exactly 1); a clipped or non-finite one does.
+    grads = [torch.tensor([0.3, 0.4]), torch.tensor([0.0])]
+    versions = [g._version for g in grads]
+    assert clip_to_max_norm_(grads, 1.0, torch.tensor(0.5)).item() == 1.0
+    assert [g._version for g in grads] == versions
+    clip_to_max_norm_(grads, 0.25, torch.tensor(0.5))
+    assert all(g._version > v for g, v in zip(grads, versions, strict=True))
+    torch.testing.assert_close(grads[0], torch.tensor([0.15, 0.2]), rtol=1e-5, atol=0)
+    clip_to_max_norm_(grads, 1.0, torch.tensor(math.nan))
+    assert grads[0].isnan().all()  # as clip_grad_norm_ (error_if_nonfinite=False): NaN gradients
 
     # AGC: row 0 has ‖W‖=5, ‖G‖=1 -> max 0.5 -> scaled by 0.5; row 1 has ‖W‖=0 -> eps floor 1e-3 * 0.1 = 1e-4
     # -> G=(0, 2) becomes (0, 1e-4); row 2 has ‖W‖=10, ‖G‖=0.5 < 1 -> kept.
@@ -164,6 +180,9 @@ def test_no_host_sync_on_steps_that_do_not_log(device: str, mode: str, monkeypat
     )
     clip = GradientClipping(mode=mode, threshold=1e-3, percentile=50, history_size=8)
     clip.setup(SimpleNamespace(gradient_clip_val=None, strategy=object()), model, "fit")
+    # The CPU stand-in checks the accelerators' code path: on the CPU itself a read is free and "norm" reads the
+    # clip factor to skip multiplying by exactly 1 (test_maths_on_hand_computed_tensors).
+    monkeypatch.setattr(gradient_clipping, "reads_are_free", lambda device: False)
     with no_host_sync(torch.device(device), monkeypatch):
         for i in range(3):
             optimizer.zero_grad()

@@ -29,6 +29,7 @@ from _callback_helpers import HOST_SYNC_METHODS, intercept_host_reads, tiny_trai
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
+from lightning_tricks.callbacks import gradient_clipping
 from lightning_tricks.callbacks._monitoring import is_logging_step
 
 _SYNCING_METHODS = (*HOST_SYNC_METHODS, "nonzero")
@@ -169,6 +170,8 @@ def test_no_sync_calls_on_non_logging_steps_cpu_proxy(
             raise RuntimeError(f"host-device sync on a non-logging step: Tensor.{name}")
 
     intercept_host_reads(monkeypatch, refuse_when_quiet, _SYNCING_METHODS)
+    # the accelerators' code path: on the CPU itself GradientClipping reads its clip factor (free there)
+    monkeypatch.setattr(gradient_clipping, "reads_are_free", lambda device: False)
     guard = _GuardQuietSteps(lambda: quiet.update(on=True), lambda: quiet.update(on=False))
     _fit(tmp_path, which, precision, "cpu", guard)
     assert caught == []
