@@ -240,6 +240,16 @@ def test_labels_beyond_num_classes_are_named():
         _fit(model, torch.rand(4, 1, 28, 28), y)
 
 
+def test_labels_beyond_num_classes_in_a_later_batch_still_stop_the_run():
+    """The range is checked on each epoch's first batch; later, on the CPU, cross_entropy itself refuses."""
+    model = models.MLPClassifier(hidden_sizes=[4], num_classes=10)
+    y = torch.tensor([0, 3, 1, 2, 0, 3, 12, 2])  # the bad label is in the second batch of 4
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(IndexError, match=r"Target 12 is out of bounds"):
+        trainer.fit(model, DataLoader(TensorDataset(torch.rand(8, 1, 28, 28), y), batch_size=4))
+
+
 def test_float_labels_are_named():
     model = models.MLPClassifier(hidden_sizes=[4])
     with pytest.raises(ValueError, match=r"int64 class labels, but got dtype torch\.float32"):

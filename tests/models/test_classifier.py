@@ -328,3 +328,27 @@ def test_ema_on_a_classifier_gives_no_configure_model_warning(tmp_path: Path) ->
         warnings.simplefilter("always")
         trainer.fit(MLPClassifier(hidden_sizes=[8]), data)
     assert not [w for w in caught if "configure_model" in str(w.message)]
+
+
+def test_training_accuracy_matches_torchmetrics_multiclass_accuracy() -> None:
+    """The lean update keeps torchmetrics' states: same tp/fp/tn/fn, batch values and epoch value."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from lightning_tricks.models.classifier import TrainingAccuracy
+
+    generator = torch.Generator().manual_seed(0)
+    ours, reference = TrainingAccuracy(7), MulticlassAccuracy(7, average="micro", validate_args=False)
+    for i in range(20):
+        n = 5 + 3 * i
+        logits, y = torch.randn(n, 7, generator=generator), torch.randint(0, 7, (n,), generator=generator)
+        if i % 4 == 0:  # forward: the batch value plus the update, as on logging steps
+            assert torch.equal(ours(logits, y), reference(logits, y))
+        else:
+            ours.update(logits, y)
+            reference.update(logits, y)
+    for state in ("tp", "fp", "tn", "fn"):
+        assert torch.equal(getattr(ours, state), getattr(reference, state)), state
+    assert torch.equal(ours.compute(), reference.compute())
+    ours.update(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3]))  # labels instead of logits
+    reference.update(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3]))
+    assert torch.equal(ours.compute(), reference.compute())
