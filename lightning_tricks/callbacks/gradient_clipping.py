@@ -70,17 +70,29 @@ def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm
     return (total_norm > max_norm).float()
 
 
-def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
-    """:func:`scale_to_max_norm_` without the indicator: return the factor the gradients were multiplied by.
+def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor | None:
+    """:func:`scale_to_max_norm_` without the indicator.
 
-    On the CPU, where reading a value costs no device synchronization, a factor of exactly 1 (the norm is within the
-    threshold) skips the multiplication, which would leave every gradient bitwise unchanged: one read and one write
-    of every gradient saved on the steps that are not clipped. On an accelerator the multiplication always runs, so
-    that nothing waits for the device.
+    Returns:
+        The factor the gradients were multiplied by, or ``None`` when they were left untouched (a factor of 1).
+
+    On the CPU, where reading a value costs no device synchronization, a norm within the threshold (a factor of
+    exactly 1) skips the work: with a float threshold the comparison is made on the host before any kernel (with a
+    margin of a few float32 ulps, so that every skipped step is one where torch's float32 factor is exactly 1), and
+    otherwise after computing the factor. Multiplying by 1 would leave every gradient bitwise unchanged, so the
+    result is :func:`torch.nn.utils.clip_grads_with_norm_`'s; what is saved is one read and one write of every
+    gradient on the steps that are not clipped. On an accelerator the multiplication always runs, so that nothing
+    waits for the device.
     """
+    if not grads:
+        return None
+    on_host = reads_are_free(total_norm.device) and reads_are_free(grads[0].device)
+    if on_host and isinstance(max_norm, float) and total_norm.item() * (1 + 1e-6) + 2e-6 <= max_norm:
+        return None  # NaN / inf norms fail the comparison and are multiplied, as by torch
     coef = clip_coefficient(max_norm, total_norm)
-    if grads and not (reads_are_free(coef.device) and reads_are_free(grads[0].device) and coef.item() == 1.0):
-        torch._foreach_mul_(grads, coef.to(grads[0].device))
+    if on_host and coef.item() == 1.0:
+        return None
+    torch._foreach_mul_(grads, coef.to(grads[0].device))
     return coef
 
 
@@ -318,8 +330,8 @@ class GradientClipping(TotalNormOwner, Callback):
                 history[state.num_steps % self.history_size] = torch.where(total_norm.isfinite(), total_norm, math.nan)
                 threshold = autoclip_threshold(history, self.percentile)
             coef = clip_to_max_norm_(grads, threshold, total_norm)
-            if stats is not None:  # every gradient was multiplied by one factor: the post-clip norms are derived
-                stats.scaled_(coef)
+            if stats is not None and coef is not None:  # every gradient was multiplied by one factor: the post-clip
+                stats.scaled_(coef)  # norms are derived (untouched gradients: the statistics stay current)
             if self.mode == "norm":  # a constant threshold: compared with the kept norms when logged, no kernel now
                 state.norms_since_log.append(total_norm)
                 if len(state.norms_since_log) >= _MAX_KEPT_NORMS:  # bounded memory without a logger

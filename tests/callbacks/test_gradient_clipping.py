@@ -92,13 +92,32 @@ def test_maths_on_hand_computed_tensors() -> None:
     # On the CPU a norm within the threshold writes nothing (factor exactly 1); a clipped or non-finite one does.
     grads = [torch.tensor([0.3, 0.4]), torch.tensor([0.0])]
     versions = [g._version for g in grads]
-    assert clip_to_max_norm_(grads, 1.0, torch.tensor(0.5)).item() == 1.0
+    assert clip_to_max_norm_(grads, 1.0, torch.tensor(0.5)) is None  # left untouched
+    assert clip_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)) is None  # a tensor threshold
     assert [g._version for g in grads] == versions
     clip_to_max_norm_(grads, 0.25, torch.tensor(0.5))
     assert all(g._version > v for g, v in zip(grads, versions, strict=True))
     torch.testing.assert_close(grads[0], torch.tensor([0.15, 0.2]), rtol=1e-5, atol=0)
     clip_to_max_norm_(grads, 1.0, torch.tensor(math.nan))
     assert grads[0].isnan().all()  # as clip_grad_norm_ (error_if_nonfinite=False): NaN gradients
+
+    # Around the threshold, skipped or not, the gradients are bitwise torch's clip_grads_with_norm_
+    for total in [0.5 * (1 + k * 2.0**-24) for k in range(-64, 65, 4)] + [
+        0.5 - 1e-6,
+        0.5 + 1e-6,
+        0.499999,
+        0.49999,
+        0.4999,
+        0.49,
+    ]:
+        ours = [nn.Parameter(torch.zeros(3)) for _ in range(2)]
+        theirs = [nn.Parameter(torch.zeros(3)) for _ in range(2)]
+        for a, b, seed in zip(ours, theirs, (1, 2), strict=True):
+            a.grad = torch.randn(3, generator=torch.Generator().manual_seed(seed))
+            b.grad = a.grad.clone()
+        clip_to_max_norm_([q.grad for q in ours], 0.5, torch.tensor(total))
+        torch.nn.utils.clip_grads_with_norm_(theirs, 0.5, torch.tensor(total), foreach=True)
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs, strict=True)), total
 
     # AGC: row 0 has ‖W‖=5, ‖G‖=1 -> max 0.5 -> scaled by 0.5; row 1 has ‖W‖=0 -> eps floor 1e-3 * 0.1 = 1e-4
     # -> G=(0, 2) becomes (0, 1e-4); row 2 has ‖W‖=10, ‖G‖=0.5 < 1 -> kept.
