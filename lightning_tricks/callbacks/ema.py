@@ -50,10 +50,11 @@ def ema_update_(averaged: Sequence[Tensor], current: Sequence[Tensor], decay: fl
 
 
 def _group_pairs(averaged: Sequence[Tensor], current: Sequence[Tensor]) -> list[tuple[list[Tensor], list[Tensor]]]:
-    """Pairs of aligned tensor lists, one pair per (device, dtype) of the averaged tensors."""
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+    """Pairs of aligned tensor lists, one pair per (device, dtype) of the averaged tensors and of the current ones
+    (so that each list is one foreach call and a cast, when one is needed, applies to the whole pair)."""
+    groups: dict[tuple[Any, ...], tuple[list[Tensor], list[Tensor]]] = {}
     for avg, cur in zip(averaged, current, strict=True):
-        avg_list, cur_list = groups.setdefault((avg.device, avg.dtype), ([], []))
+        avg_list, cur_list = groups.setdefault((avg.device, avg.dtype, cur.device, cur.dtype), ([], []))
         avg_list.append(avg)
         cur_list.append(cur)
     return list(groups.values())
@@ -238,9 +239,11 @@ class EMA(WeightAveraging):
         assert self._groups is not None
         decay = 0.0 if count == 0 else ema_decay(self.decay, count, self.warmup)
         for averaged, current in self._groups.get(key, []):
-            # Casts to the average's device / dtype: a float32 average of a bf16-true module; with `device` set this
-            # copies the weights to that device, a synchronization (documented above).
-            current = [c.detach().to(a.device, a.dtype) for a, c in zip(averaged, current, strict=True)]
+            # Under no_grad the module's tensors are read as they are; cast only when the average is kept in another
+            # dtype / on another device: a float32 average of a bf16-true module; with `device` set this copies the
+            # weights to that device, a synchronization (documented above).
+            if current[0].dtype != averaged[0].dtype or current[0].device != averaged[0].device:
+                current = [c.to(a.device, a.dtype) for a, c in zip(averaged, current, strict=True)]
             ema_update_(averaged, current, decay)
         return decay
 
@@ -258,7 +261,7 @@ class EMA(WeightAveraging):
         if not self._use_buffers:
             for b_avg, b_cur in zip(self._average_model.module.buffers(), module.buffers(), strict=True):
                 b_avg.detach().copy_(b_cur.detach())
-        self._average_model.n_averaged += 1  # device-side counter kept for AveragedModel's state; no sync
+        self._average_model.n_averaged.add_(1)  # device-side counter kept for AveragedModel's state; no sync
         self._num_updates += 1
 
     def _update(self, module: torch.nn.Module) -> None:

@@ -180,6 +180,7 @@ class LRDecay(Callback):
         self._trainer: pl.Trainer | None = None
         self._legacy_steps = False  # a checkpoint without step counts: derived from global_step at fit start
         self._warned_past_total = False
+        self._lrs_set = False  # interval="step": lrs set for this fit (then kept by the step post-hook)
         skip_unused_batch_hooks(self)
 
     @override
@@ -188,6 +189,7 @@ class LRDecay(Callback):
             self.initial_lrs = None
             self._steps.reset()
             self._legacy_steps = self._warned_past_total = False
+        self._lrs_set = False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -214,6 +216,7 @@ class LRDecay(Callback):
             self.initial_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
         self._total = self._resolve_total(trainer)
         self._trainer = trainer
+        self._lrs_set = False
         if self.interval == "step":  # the epoch interval needs no step counts
             self._steps.attach(trainer)
         if self._legacy_steps:  # older checkpoints: global_step counts all optimizers' steps together
@@ -290,8 +293,14 @@ class LRDecay(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        logs = trainer_logs_now(trainer)
+        # interval="step": the step post-hook already set every optimizer's lr for its next step; the first batch of
+        # a fit (or after a restore) sets it from the step counts, and logging steps read what they log
+        if self.interval == "step" and self._lrs_set and not logs:
+            return
         lrs = self._apply(trainer)
-        if trainer_logs_now(trainer):
+        self._lrs_set = True
+        if logs:
             metrics = {f"lr/opt{i}_group{j}": lr for i, group_lrs in enumerate(lrs) for j, lr in enumerate(group_lrs)}
             pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
@@ -302,5 +311,6 @@ class LRDecay(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial_lrs = state_dict.get("initial_lrs", self.initial_lrs)
+        self._lrs_set = False  # the restored step counts decide the next lr
         self._steps.load_state_dict(state_dict)
         self._legacy_steps = "optimizer_steps" not in state_dict
