@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 import lightning.pytorch as pl
 import torch
 
-from lightning_tricks import _threads
+from lightning_tricks import _cuda_check, _threads
 
 ClockName = Literal["process", "wall"]
 T = TypeVar("T")
@@ -146,8 +146,12 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None = 1)
 def apply_threads(threads: int | None) -> int:
     """Set torch's CPU threads by :func:`lightning_tricks._threads.apply_threads`; say so once on stderr.
 
-    (Standard error: standard output carries the benchmark's JSON.)
+    (Standard error: standard output carries the benchmark's JSON.) Also skips Lightning's NVML-based CUDA check
+    where NVML cannot be loaded, as ``lightning-tricks`` and ``Classifier.setup`` do (:mod:`lightning_tricks.
+    _cuda_check`), before any variant runs: every variant, the hand-written loop included, runs with the same
+    setting (a plain PyTorch script, without Lightning's variable, takes the same path).
     """
+    _cuda_check.skip_failing_nvml_check()
     return _threads.apply_threads(threads, announce=lambda message: print(message, file=sys.stderr))
 
 

@@ -62,7 +62,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lightning_tricks import _quiet, _threads
+from lightning_tricks import _cuda_check, _quiet, _threads
 from lightning_tricks import callbacks as _callbacks
 from lightning_tricks import data as _data
 from lightning_tricks import models as _models
@@ -342,7 +342,11 @@ def add_threads_argument(parser: LightningArgumentParser) -> None:
 
 
 def apply_thread_policy(config: Any) -> None:
-    """Set torch's CPU threads from ``--threads`` or the policy of :mod:`lightning_tricks._threads`; say so once."""
+    """Set torch's CPU threads from ``--threads`` or the policy of :mod:`lightning_tricks._threads`; say so once.
+
+    Also skips Lightning's NVML-based CUDA check where NVML cannot be loaded (:mod:`lightning_tricks._cuda_check`).
+    """
+    _cuda_check.skip_failing_nvml_check()
     try:
         _threads.apply_threads(config.get("threads"), announce=rank_zero_info)
     except ValueError as err:
