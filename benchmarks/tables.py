@@ -22,14 +22,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = ("hook_cost", "callback_overhead", "monitor_overhead", "ema_overhead")
+SCRIPTS = ("hook_cost", "callback_overhead", "monitor_overhead", "ema_overhead", "trainer_vs_plain")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def read_payload(path: Path) -> dict[str, Any]:
-    """The last line of ``path`` that is a JSON object (a benchmark's printout, or a saved ``.json``)."""
+def read_payload(path: Path) -> Any:
+    """The last line of ``path`` that is a JSON object or list (a benchmark's printout, or a saved ``.json``)."""
     for line in reversed(path.read_text().splitlines()):
-        if line.startswith("{"):
+        if line.startswith(("{", "[{")):
             try:
                 return json.loads(line)
             except json.JSONDecodeError:
@@ -37,7 +37,7 @@ def read_payload(path: Path) -> dict[str, Any]:
     raise ValueError(f"{path} holds no JSON line: save a benchmark's output (python benchmarks/NAME.py > FILE).")
 
 
-def render(name: str, payload: dict[str, Any]) -> str:
+def render(name: str, payload: Any) -> str:
     """``benchmarks/<name>.py``'s ``render(payload)``."""
     if name not in SCRIPTS:
         raise ValueError(f"Expected a benchmark name in {list(SCRIPTS)}, but got {name!r}.")

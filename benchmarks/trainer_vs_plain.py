@@ -282,19 +282,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         results.append(measure(name, device, args.epochs, args.repeats, args.clock, args.compile))
     print(json.dumps(results))
     print()
-    rows = [
-        [
-            r["setting"], r["hardware"], f"{r['precision']}, {r['clock']} clock",
-            f"{r['epoch_seconds_median']['plain']:.3f}", f"{r['epoch_seconds_median']['lightning_minimal']:.3f}",
-            f"{r['epoch_seconds_median']['lightning_ours']:.3f}", f"{r['ratio_minimal_over_plain']:.3f}",
-            f"{r['ratio_ours_over_plain']:.3f}", "-" if r["target"] is None else f"<= {r['target']}",
-        ]
-        for r in results
-    ]  # fmt: skip
-    header = ["setting", "hardware", "precision, clock", "plain s/epoch", "minimal s/epoch", "ours s/epoch",
-              "minimal / plain", "ours / plain", "target"]  # fmt: skip
-    print(markdown_table(header, rows))
+    print(render(results))
     return results
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    """The markdown table of a run's JSON line (``tables.py`` puts it into the README and ``RESULTS.md``)."""
+    rows = []
+    for r in results:
+        epoch = r["epoch_seconds_median"]
+        rows.append([
+            r["setting"], r["model"], f"{r['data']['batch_size']}, {r['data'].get('train_subset') or 'all'} images",
+            f"{r['hardware']}, {r['precision']}, {r['clock']} clock", f"{epoch['plain']:.3f}",
+            f"{epoch['lightning_minimal']:.3f}", f"{epoch['lightning_ours']:.3f}",
+            f"{r['ratio_minimal_over_plain']:.3f}", f"{r['ratio_ours_over_plain']:.3f}",
+            "-" if r["target"] is None else f"<= {r['target']}",
+        ])  # fmt: skip
+    header = ["setting", "model", "batch, training images", "hardware", "plain s/epoch", "minimal s/epoch",
+              "ours s/epoch", "minimal / plain", "ours / plain", "target"]  # fmt: skip
+    return markdown_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -56,18 +56,24 @@ class GradStats:
     Attributes:
         layout: the parameters with a gradient, their names and layers (:class:`GradLayout`), in module order.
         norms_before_clip: ``[P]`` per-parameter gradient norms before a clipping callback rescaled the gradients.
-        total_before_clip: L2 norm of all of them.
+        total_before_clip: L2 norm of all of them (a property: computed when first read).
         norms: ``[P]`` per-parameter gradient norms of the gradients as they are now (derived after clipping).
         total: L2 norm of the gradients as they are now.
     """
 
     layout: GradLayout
     norms_before_clip: Tensor
-    total_before_clip: Tensor
+    _total: Tensor | None = field(default=None, repr=False)  # total_before_clip, computed when first read
     _coef: Tensor | None = field(default=None, repr=False)  # product of the clip factors applied since
     _derived: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     _refs: list[weakref.ref[Tensor]] = field(default_factory=list, repr=False)
     _versions: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def total_before_clip(self) -> Tensor:
+        if self._total is None:  # one tiny kernel, only for a reader of the total (GradientHealth's "warn" is not)
+            self._total = torch.linalg.vector_norm(self.norms_before_clip)
+        return self._total
 
     @property
     def norms(self) -> Tensor:
@@ -148,7 +154,7 @@ def grad_stats(pl_module: torch.nn.Module, optimizer: Any) -> GradStats | None:
         return None
     grads = layout.grads()
     norms = gradient_norms(grads, layout.half)
-    stats = entry.stats = GradStats(layout, norms, torch.linalg.vector_norm(norms))
+    stats = entry.stats = GradStats(layout, norms)
     stats._remember(grads)
     return stats
 

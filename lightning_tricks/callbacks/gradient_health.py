@@ -265,7 +265,7 @@ class GradientHealth(TotalNormOwner, Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = None
         for state in self._opts:
-            state.rows, state.layout, state.pending = None, None, 0
+            state.rows, state.layout = [], None
         self._steps.detach()
         super().teardown(trainer, pl_module, stage)  # drop the shared statistics (and their references to parameters)
 
@@ -332,24 +332,21 @@ class GradientHealth(TotalNormOwner, Callback):
         )
 
     def _defer(self, state: _OptimizerHealth, layout: GradLayout, norms: Tensor) -> None:
-        """Copy one step's ``[P]`` per-tensor gradient norms into the next buffer row (one kernel, no sync)."""
-        rows = state.rows
-        if layout is not state.layout or rows is None or state.pending == rows.shape[0]:
+        """Keep one step's ``[P]`` per-tensor gradient norms for the next batch diagnosis (no kernel, no sync).
+
+        The tensor is the shared statistics' own, which nothing changes in place (post-clip norms are new tensors).
+        """
+        if layout is not state.layout or len(state.rows) == _BUFFER_STEPS:
             self._process(state)  # rows of another layout, or a full buffer: diagnose them first
             state.layout = layout
-            device = norms.device
-            if rows is None or rows.shape[1] != len(norms) or rows.device != device:
-                rows = state.rows = torch.empty(_BUFFER_STEPS, len(norms), dtype=torch.float32, device=device)
-        rows[state.pending].copy_(norms)  # float32, as converting each norm to float32
-        state.pending += 1
+        state.rows.append(norms)
 
     def _process(self, state: _OptimizerHealth) -> None:
         """Diagnose the buffered steps as one batch and fold them into the history and the accumulators."""
-        if state.pending == 0 or state.rows is None or state.layout is None:
+        if not state.rows or state.layout is None:
             return
-        rows, n = state.rows, state.pending
-        state.pending = 0
-        diag = self._diagnose(state, state.layout.layer_norms(rows[:n]))
+        rows, state.rows = torch.stack(state.rows).float(), []  # float32, as converting each norm to float32
+        diag = self._diagnose(state, state.layout.layer_norms(rows))
         self._record(state, diag)
         self._accumulate(state, diag, state.layout.layers)
 
@@ -487,9 +484,8 @@ class _OptimizerHealth:
     scaler_streak: int = 0  # consecutive checked steps the GradScaler skipped (known at logging steps)
     warned_streak: bool = False
     vanishing_seen: bool = False  # a layer has vanished once: `vanishing_layers` is logged from then on
-    # "warn": checked steps not diagnosed yet (per-tensor gradient norms, one row per step, all of `layout`)
-    rows: Tensor | None = None
-    pending: int = 0
+    # "warn": checked steps not diagnosed yet (each step's [P] per-tensor gradient norms, all of `layout`)
+    rows: list[Tensor] = field(default_factory=list)
     layout: GradLayout | None = None
 
     @property
