@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
+from _callback_helpers import tiny_trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_tricks import callbacks
@@ -33,7 +34,7 @@ def test_every_callback_hides_exactly_the_hooks_it_does_not_implement(cls: type[
     ]
 
 
-def test_a_subclass_keeps_its_own_hooks_and_super_still_works() -> None:
+def test_a_subclass_keeps_its_own_hooks_and_super_still_works(tmp_path: Path) -> None:
     calls: list[str] = []
 
     class Mine(callbacks.InputRangeCheck):
@@ -43,16 +44,7 @@ def test_a_subclass_keeps_its_own_hooks_and_super_still_works() -> None:
 
     mine = Mine(check_batches=1)
     assert mine.on_before_backward is not None and mine.on_after_backward is None
-    trainer = pl.Trainer(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[mine],
-    )
-    trainer.fit(BoringModel())
+    tiny_trainer(tmp_path, mine, max_steps=3, enable_checkpointing=False, limit_val_batches=0).fit(BoringModel())
     assert calls == ["before_backward"] * 3
 
 
@@ -62,16 +54,8 @@ def test_lightning_dispatches_only_the_implemented_hooks(tmp_path: Path) -> None
 
     profiler = SimpleProfiler(dirpath=tmp_path, filename="profile")  # its report goes to a file
     clipping = callbacks.GradientClipping(threshold=1.0)
-    trainer = pl.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[clipping],
-        profiler=profiler,
-    )
+    trainer = tiny_trainer(tmp_path, clipping, max_steps=2, enable_checkpointing=False, limit_val_batches=0,
+                           profiler=profiler)  # fmt: skip
     trainer.fit(BoringModel())
     ours = [name for name in profiler.recorded_durations if name.startswith("[Callback]GradientClipping")]
     entered = {name.rsplit(".", 1)[1] for name in ours}
