@@ -45,3 +45,18 @@ def test_nothing_is_written_off_rank_zero(tmp_path: Path) -> None:
     log_metrics(SimpleNamespace(is_global_zero=False, loggers=[logger]), {"a": 1.0}, step=0)  # type: ignore[arg-type]
     logger.experiment.flush()
     assert _scalars(logger.log_dir) == {}
+
+
+def test_a_subclass_with_its_own_log_metrics_sees_every_value(tmp_path: Path) -> None:
+    seen: list[dict[str, float]] = []
+
+    class Recording(TensorBoardLogger):
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            seen.append(dict(metrics))
+            super().log_metrics(metrics, step)
+
+    logger = Recording(tmp_path, name="x")
+    log_metrics(SimpleNamespace(is_global_zero=True, loggers=[logger]), {"a": 1.0, "b": 2.0}, step=3)  # type: ignore[arg-type]
+    logger.experiment.flush()
+    assert seen == [{"a": 1.0, "b": 2.0}]
+    assert _scalars(logger.log_dir) == {"a": [(3, 1.0)], "b": [(3, 2.0)]}
