@@ -12,7 +12,9 @@ at the end of every callback's ``__init__``, sets the per-batch hooks the callba
 ``None`` on the *instance*. A subclass that overrides one keeps it (the check looks at ``type(callback)``), and a
 subclass's ``super().on_train_batch_end(...)`` still reaches the base class's method (``super()`` looks at classes,
 not at the instance). Only hooks Lightning calls through ``_call_callback_hooks`` alone are hidden: never
-``state_dict``, ``on_save_checkpoint`` and the others Lightning calls directly.
+``state_dict``, ``on_save_checkpoint`` and the others Lightning calls directly. Code that calls a hidden hook on the
+instance itself (``callback.on_after_backward(...)``, e.g. a hand-rolled test harness) gets ``None``: check
+``callable(...)`` first, as Lightning does, or call ``Callback.on_after_backward(callback, ...)``.
 """
 
 from __future__ import annotations
