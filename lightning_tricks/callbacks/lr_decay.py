@@ -189,7 +189,6 @@ class LRDecay(Callback):
             self.initial_lrs = None
             self._steps.reset()
             self._legacy_steps = self._warned_past_total = False
-        self._lrs_set = False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
