@@ -1,7 +1,7 @@
 """The compatibility matrix: every callback of ``lightning_tricks.callbacks`` x the settings real projects use.
 
 One table drives both the tests (``test_matrix.py``: one cell = one short ``fit`` whose result is checked against
-what the callback documents) and the README's "Compatibility" table (:func:`markdown_table`; ``python
+what the callback documents) and the table of ``docs/compatibility.md`` (:func:`markdown_table`; ``python
 tests/compat/_compat_matrix.py`` rewrites it, a test checks it is current). A cell is "works" unless the callback
 lists the setting in ``refused``: then the fit must raise that message.
 """
@@ -381,7 +381,7 @@ class Case:
     make: Callable[[Setting], Callback]
     check: Callable[[Run], None]
     refused: Mapping[str, str] = field(default_factory=dict)  # setting -> the start of the refusal's message
-    refused_when: str = "at fit start"  # when the refusal comes, for the README
+    refused_when: str = "at fit start"  # when the refusal comes, for docs/compatibility.md
     sharded: str = "supported"  # FSDP / DeepSpeed: "supported", or why it is refused at setup
     keep_weights: bool = False
     trainer: Mapping[str, Any] = field(default_factory=dict)
@@ -536,7 +536,7 @@ def run_ddp_stack(folder: Path) -> list[dict[str, Any]]:
     return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
-# ---------------------------------------------------------------------------------------------------------- README
+# ------------------------------------------------------------------------------------------ docs/compatibility.md
 
 
 def _cell_text(case: Case, setting_name: str) -> str:
@@ -546,7 +546,7 @@ def _cell_text(case: Case, setting_name: str) -> str:
 
 
 def markdown_table() -> str:
-    """The README's compatibility table: a row per setting (DDP and FSDP / DeepSpeed last), a column per callback."""
+    """The compatibility table: a row per setting (DDP and FSDP / DeepSpeed last), a column per callback."""
     header = ["setting", *(f"`{name}`" for name in CASES), "all together"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting_name, setting in SETTINGS.items():
@@ -560,16 +560,19 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+#: The page that shows the table, between the two markers.
+TABLE_PAGE = ROOT / "docs" / "compatibility.md"
 BEGIN, END = "<!-- compat-table: begin -->", "<!-- compat-table: end -->"
 
 
-def readme_with_table(readme: str) -> str:
-    """``readme`` with the text between the compat-table markers replaced by :func:`markdown_table`."""
+def page_with_table(page: str) -> str:
+    """``page`` with the text between the compat-table markers replaced by :func:`markdown_table`."""
+    if BEGIN not in page or END not in page:
+        raise ValueError(f"{TABLE_PAGE} has lost its markers: put {BEGIN} and {END} where the table goes")
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    return pattern.sub(lambda _: f"{BEGIN}\n{markdown_table()}\n{END}", readme)
+    return pattern.sub(lambda _: f"{BEGIN}\n{markdown_table()}\n{END}", page)
 
 
-if __name__ == "__main__":  # python tests/compat/_compat_matrix.py: rewrite the README table
-    path = ROOT / "README.md"
-    path.write_text(readme_with_table(path.read_text()))
+if __name__ == "__main__":  # python tests/compat/_compat_matrix.py: rewrite the table of docs/compatibility.md
+    TABLE_PAGE.write_text(page_with_table(TABLE_PAGE.read_text()))
     sys.exit(0)

@@ -1,4 +1,4 @@
-"""The compatibility matrix: every callback x every setting (see ``_compat_matrix.py``), the stack, DDP, README."""
+"""The compatibility matrix: every callback x every setting (see ``_compat_matrix.py``), the stack, DDP, its page."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from _compat_matrix import (
     CASES,
-    ROOT,
     SETTINGS,
+    TABLE_PAGE,
     cells,
     fit,
-    readme_with_table,
+    page_with_table,
     run_cell,
     run_ddp_stack,
     run_stack,
@@ -31,9 +31,9 @@ def test_cell(case: str, setting: str, tmp_path: Path) -> None:
     run_cell(case, setting, tmp_path)
 
 
-def test_readme_table_is_current() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert readme_with_table(readme) == readme, "run `python tests/compat/_compat_matrix.py` to update the README"
+def test_compatibility_page_is_current() -> None:
+    page = TABLE_PAGE.read_text()
+    assert page_with_table(page) == page, f"run `python tests/compat/_compat_matrix.py` to update {TABLE_PAGE.name}"
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
