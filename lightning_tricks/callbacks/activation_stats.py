@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_tricks._validation import check_every_n, check_float, invalid
 from lightning_tricks.callbacks._compiled import run_eagerly, strip_compiled_name
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import (
@@ -27,7 +28,6 @@ from lightning_tricks.callbacks._monitoring import (
     log_metrics,
     register_custom_scalars,
     resolve_every_n_steps,
-    validate_every_n,
     write_custom_scalars,
 )
 from lightning_tricks.callbacks._names import module_type
@@ -172,17 +172,11 @@ class ActivationStats(Callback):
         for name in names:
             cls = getattr(nn, name, None) if isinstance(name, str) else None
             if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-                raise ValueError(
-                    f"Expected `layer_types` to be `torch.nn` module class names such as 'Linear', 'Conv2d' or 'ReLU',"
-                    f" but got {name!r}."
-                )
+                allowed = "`torch.nn` module class names such as 'Linear', 'Conv2d' or 'ReLU'"
+                raise invalid("layer_types", allowed, name)
             types.append(cls)
-        validate_every_n("log_every_n_steps", log_every_n_steps)
-        if not 0.5 < saturation_threshold < 1.0:
-            raise ValueError(
-                f"Expected `saturation_threshold` to be a float in the open interval (0.5, 1),"
-                f" but got {saturation_threshold!r}."
-            )
+        check_every_n("log_every_n_steps", log_every_n_steps)
+        check_float("saturation_threshold", saturation_threshold, 0.5, 1, low_open=True, high_open=True)
         self.layer_types = tuple(types)
         self.include = list(include) if include is not None else None
         self.exclude = list(exclude or [])

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_float, check_int
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks.ema import EMA
@@ -130,11 +131,10 @@ class EarlyStopping(_LightningEarlyStopping):
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"Expected argument `mode` to be one of 'min', 'max', but got {mode!r}.")
-        for name, value in (("min_delta", min_delta), ("patience", patience), ("start_from_epoch", start_from_epoch)):
-            if value < 0:
-                raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}.")
+        check_choice("mode", mode, ("min", "max"))
+        check_float("min_delta", min_delta, 0)
+        check_int("patience", patience, 0)
+        check_int("start_from_epoch", start_from_epoch, 0)
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,

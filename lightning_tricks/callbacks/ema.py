@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
+from lightning_tricks._validation import check_float, check_int, invalid
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import add_text, trainer_logs_now
@@ -133,25 +134,14 @@ class EMA(WeightAveraging):
         device: str | None = None,
         use_buffers: bool = True,
     ) -> None:
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"Expected argument `decay` to be a float in the [0, 1] range, but got {decay}.")
-        if update_every_n_steps < 1:
-            raise ValueError(
-                f"Expected argument `update_every_n_steps` to be an integer >= 1, but got {update_every_n_steps}."
-            )
-        if update_starting_at_step is not None and update_starting_at_step < 0:
-            raise ValueError(
-                "Expected argument `update_starting_at_step` to be None or an integer >= 0,"
-                f" but got {update_starting_at_step}."
-            )
+        check_float("decay", decay, 0, 1)
+        check_int("update_every_n_steps", update_every_n_steps, 1)
+        check_int("update_starting_at_step", update_starting_at_step, 0, allow_none=True)
         if device is not None:
             try:
                 torch.device(device)
             except (RuntimeError, TypeError) as error:
-                raise ValueError(
-                    f"Expected argument `device` to be None or a torch device string such as 'cpu' or 'cuda:0',"
-                    f" but got {device!r}."
-                ) from error
+                raise invalid("device", "None or a torch device string such as 'cpu' or 'cuda:0'", device) from error
         # No averaging function goes to AveragedModel: its `update_parameters` reads `n_averaged` on the host twice
         # per call (a synchronization on GPUs), so the updates are done here with host-side counters.
         super().__init__(device=device, use_buffers=use_buffers)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_float, check_int
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_KEY,
@@ -48,7 +49,6 @@ from lightning_tricks.callbacks._monitoring import (
 from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
 ClipMode = Literal["norm", "value", "agc", "auto"]
-_MODES = ("norm", "value", "agc", "auto")
 #: "norm" mode keeps each step's 0-dim pre-clip norm until it is counted; at most this many between two counts.
 _MAX_KEPT_NORMS = 256
 
@@ -228,20 +228,12 @@ class GradientClipping(TotalNormOwner, Callback):
         agc_eps: float = 1e-3,
         agc_skip_last_layer: bool = True,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
-        if not (isinstance(threshold, (int, float)) and 0 < threshold < math.inf):
-            raise ValueError(f"Expected argument `threshold` to be a finite float > 0, but got {threshold!r}.")
-        if not (isinstance(norm_type, (int, float)) and norm_type > 0):
-            raise ValueError(f"Expected argument `norm_type` to be a float > 0 (or inf), but got {norm_type!r}.")
-        if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
-            raise ValueError(
-                f"Expected argument `percentile` to be a float in the (0, 100] range, but got {percentile!r}."
-            )
-        if not (isinstance(history_size, int) and history_size >= 1):
-            raise ValueError(f"Expected argument `history_size` to be an int >= 1, but got {history_size!r}.")
-        if not (isinstance(agc_eps, (int, float)) and agc_eps > 0):
-            raise ValueError(f"Expected argument `agc_eps` to be a float > 0, but got {agc_eps!r}.")
+        check_choice("mode", mode, ClipMode)
+        check_float("threshold", threshold, 0, low_open=True)
+        check_float("norm_type", norm_type, 0, low_open=True, finite=False)
+        check_float("percentile", percentile, 0, 100, low_open=True)
+        check_int("history_size", history_size, 1)
+        check_float("agc_eps", agc_eps, 0, low_open=True)
         self.mode = mode
         self.threshold = float(threshold)
         self.norm_type = float(norm_type)

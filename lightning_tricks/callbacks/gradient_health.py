@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_every_n, check_float, check_int
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
@@ -30,7 +31,6 @@ from lightning_tricks.callbacks._monitoring import (
     register_custom_scalars,
     resolve_every_n_steps,
     to_host,
-    validate_every_n,
 )
 from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
@@ -198,20 +198,14 @@ class GradientHealth(TotalNormOwner, Callback):
         check_every_n_steps: int = 1,
         log_every_n_steps: int | None = None,
     ) -> None:
-        if action not in _ACTIONS:
-            raise ValueError(f"Expected argument `action` to be one of {_ACTIONS}, but got {action!r}.")
-        if not explode_factor > 1.0:
-            raise ValueError(f"Expected argument `explode_factor` to be a float > 1, but got {explode_factor!r}.")
-        if not 0.0 <= vanish_ratio < 1.0:
-            raise ValueError(f"Expected argument `vanish_ratio` to be a float in [0, 1), but got {vanish_ratio!r}.")
-        if not vanish_floor >= 0.0:
-            raise ValueError(f"Expected argument `vanish_floor` to be a float >= 0, but got {vanish_floor!r}.")
-        validate_every_n("history", history, allow_none=False)
-        if isinstance(min_history, bool) or not isinstance(min_history, int) or not 1 <= min_history <= history:
-            allowed = f"an int in [1, history={history}]"
-            raise ValueError(f"Expected argument `min_history` to be {allowed}, but got {min_history!r}.")
-        validate_every_n("check_every_n_steps", check_every_n_steps, allow_none=False)
-        validate_every_n("log_every_n_steps", log_every_n_steps)
+        check_choice("action", action, _ACTIONS)
+        check_float("explode_factor", explode_factor, 1, low_open=True, finite=False)
+        check_float("vanish_ratio", vanish_ratio, 0, 1, high_open=True)
+        check_float("vanish_floor", vanish_floor, 0)
+        check_every_n("history", history, allow_none=False)
+        check_int("min_history", min_history, 1, history)
+        check_every_n("check_every_n_steps", check_every_n_steps, allow_none=False)
+        check_every_n("log_every_n_steps", log_every_n_steps)
         self.action = action
         self.explode_factor = float(explode_factor)
         self.vanish_ratio = float(vanish_ratio)

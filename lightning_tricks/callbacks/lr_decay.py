@@ -20,14 +20,13 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks._loops import estimated_stepping_batches
+from lightning_tricks._validation import check_choice, check_float, check_int
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps
 
 DecayMode = Literal["exponential", "step", "cosine", "linear"]
 Interval = Literal["epoch", "step"]
-_MODES = ("exponential", "step", "cosine", "linear")
-_INTERVALS = ("epoch", "step")
 
 
 def lr_factor(
@@ -151,20 +150,13 @@ class LRDecay(Callback):
         step_size: int = 30,
         total: int | None = None,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
-        if interval not in _INTERVALS:
-            raise ValueError(f"Expected argument `interval` to be one of {_INTERVALS}, but got {interval!r}.")
-        if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-            raise ValueError(f"Expected argument `gamma` to be a float in the (0, 1] range, but got {gamma!r}.")
-        if not (isinstance(warmup, int) and warmup >= 0):
-            raise ValueError(f"Expected argument `warmup` to be an int >= 0, but got {warmup!r}.")
-        if not (isinstance(min_lr, (int, float)) and 0 <= min_lr < math.inf):
-            raise ValueError(f"Expected argument `min_lr` to be a finite float >= 0, but got {min_lr!r}.")
-        if not (isinstance(step_size, int) and step_size >= 1):
-            raise ValueError(f"Expected argument `step_size` to be an int >= 1, but got {step_size!r}.")
-        if total is not None and not (isinstance(total, int) and total >= 1):
-            raise ValueError(f"Expected argument `total` to be None or an int >= 1, but got {total!r}.")
+        check_choice("mode", mode, DecayMode)
+        check_choice("interval", interval, Interval)
+        check_float("gamma", gamma, 0, 1, low_open=True)
+        check_int("warmup", warmup, 0)
+        check_float("min_lr", min_lr, 0)
+        check_int("step_size", step_size, 1)
+        check_int("total", total, 1, allow_none=True)
         self.mode = mode
         self.gamma = float(gamma)
         self.interval = interval

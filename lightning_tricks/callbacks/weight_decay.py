@@ -7,7 +7,6 @@ Generalization"), and decoupled weight decay, Loshchilov & Hutter 2019, "Decoupl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -19,12 +18,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_float
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import logging_step, trainer_logs_now
 
 DecayMode = Literal["l2", "decoupled"]
-_MODES = ("l2", "decoupled")
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*d, SyncBatchNorm, InstanceNorm*d
     nn.LayerNorm,
@@ -153,10 +152,8 @@ class WeightDecay(Callback):
     """
 
     def __init__(self, coefficient: float = 1e-4, mode: DecayMode = "l2", exclude_bias_and_norm: bool = True) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
-        if not (isinstance(coefficient, (int, float)) and 0 <= coefficient < math.inf):
-            raise ValueError(f"Expected argument `coefficient` to be a finite float >= 0, but got {coefficient!r}.")
+        check_choice("mode", mode, DecayMode)
+        check_float("coefficient", coefficient, 0)
         self.coefficient = float(coefficient)
         self.mode = mode
         self.exclude_bias_and_norm = exclude_bias_and_norm

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_float, check_int, invalid
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._compiled import call_eagerly, strip_compiled_name
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
@@ -112,7 +113,7 @@ def init_layer_(
     elif scheme == "standard_normal":
         nn.init.normal_(weight, 0.0, 1.0, generator=g)
     else:
-        raise ValueError(f"Expected argument `scheme` to be one of {get_args(Scheme)}, but got {scheme!r}.")
+        raise invalid("scheme", f"one of {get_args(Scheme)}", scheme)
     if init_bias and getattr(layer, "bias", None) is not None:
         nn.init.constant_(layer.bias, bias)
 
@@ -207,21 +208,13 @@ class WeightInit(Callback):
         lsuv_forward_fn: ForwardFn | str | None = None,
         include_frozen: bool = False,
     ) -> None:
-        for option, value, allowed in (
-            ("scheme", scheme, get_args(Scheme)),
-            ("nonlinearity", nonlinearity, get_args(Nonlinearity)),
-            ("fan_mode", fan_mode, get_args(FanMode)),
-        ):
-            if value not in allowed:
-                raise ValueError(f"Expected argument `{option}` to be one of {allowed}, but got {value!r}.")
-        if not math.isfinite(bias):
-            raise ValueError(f"Expected argument `bias` to be a finite float, but got {bias}.")
-        if not (gain > 0 and math.isfinite(gain)):  # gain 0 zeroes every weight: no symmetry breaking
-            raise ValueError(f"Expected argument `gain` to be a finite float > 0, but got {gain}.")
-        if not lsuv_tolerance > 0:
-            raise ValueError(f"Expected argument `lsuv_tolerance` to be a float > 0, but got {lsuv_tolerance}.")
-        if lsuv_max_iters < 1:
-            raise ValueError(f"Expected argument `lsuv_max_iters` to be an integer >= 1, but got {lsuv_max_iters}.")
+        check_choice("scheme", scheme, Scheme)
+        check_choice("nonlinearity", nonlinearity, Nonlinearity)
+        check_choice("fan_mode", fan_mode, FanMode)
+        check_float("bias", bias)
+        check_float("gain", gain, 0, low_open=True)  # gain 0 zeroes every weight: no symmetry breaking
+        check_float("lsuv_tolerance", lsuv_tolerance, 0, low_open=True)
+        check_int("lsuv_max_iters", lsuv_max_iters, 1)
         self.scheme = scheme
         self.bias = bias
         self.include = include

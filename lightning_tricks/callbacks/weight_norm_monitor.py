@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks._validation import check_bool, check_every_n
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
@@ -36,7 +37,6 @@ from lightning_tricks.callbacks._monitoring import (
     resolve_every_n_steps,
     tag_regex,
     to_host,
-    validate_every_n,
 )
 from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import optimizer_index, unwrap
@@ -150,10 +150,9 @@ class WeightNormMonitor(TotalNormOwner, Callback):
         per_layer: bool = False,
         histogram_every_n_epochs: int | None = 1,
     ) -> None:
-        validate_every_n("log_every_n_steps", log_every_n_steps)
-        validate_every_n("histogram_every_n_epochs", histogram_every_n_epochs)
-        if not isinstance(per_layer, bool):
-            raise ValueError(f"Expected argument `per_layer` to be a bool (True or False), but got {per_layer!r}.")
+        check_every_n("log_every_n_steps", log_every_n_steps)
+        check_every_n("histogram_every_n_epochs", histogram_every_n_epochs)
+        check_bool("per_layer", per_layer)
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.histogram_every_n_epochs = histogram_every_n_epochs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_int, invalid
 from lightning_tricks.data._idx import CorruptDatasetFileError, load_pair
 from lightning_tricks.data._loaders import (
     Augment,
@@ -41,7 +42,6 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_VALUE_RANGES = get_args(ValueRange)
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,20 +99,14 @@ class _MNISTLikeDataModule(LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if value_range not in _VALUE_RANGES:
-            raise ValueError(f"Expected `value_range` to be one of {_VALUE_RANGES}, but got {value_range!r}.")
-        for option, value, low in (("batch_size", batch_size, 1), ("val_size", val_size, 0),
-                                   ("crop_padding", crop_padding, 0), ("num_workers", num_workers, 0)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"Expected `{option}` to be an int >= {low}, but got {value!r}.")
-        if train_subset is not None and (
-            isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1
-        ):
-            raise ValueError(f"Expected `train_subset` to be None or an int >= 1, but got {train_subset!r}.")
+        check_choice("value_range", value_range, ValueRange)
+        check_int("batch_size", batch_size, 1)
+        check_int("val_size", val_size, 0)
+        check_int("crop_padding", crop_padding, 0)
+        check_int("num_workers", num_workers, 0)
+        check_int("train_subset", train_subset, 1, allow_none=True)
         if on_device and num_workers:
-            raise ValueError(
-                f"`on_device=True` makes batches on the device: expected `num_workers=0`, but got {num_workers}."
-            )
+            raise invalid("num_workers", "0 with on_device=True (batches are made on the device)", num_workers)
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
