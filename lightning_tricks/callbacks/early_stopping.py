@@ -21,7 +21,7 @@ from typing_extensions import override
 from lightning_tricks._validation import check_choice, check_float, check_int
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks.ema import EMA
+from lightning_tricks.callbacks._protocols import HoldsAveragedWeights
 
 
 def cpu_state_copy(module: nn.Module) -> dict[str, Tensor]:
@@ -69,6 +69,8 @@ class EarlyStopping(_LightningEarlyStopping):
     ran on the averaged weights, so the copy is taken from EMA's averaged weights, the ones the metric was measured
     on, and the restore at the end of training wins over EMA's own end-of-training copy. After ``fit`` the module
     holds the averaged weights of the best check, and ``trainer.validate()`` / ``trainer.test()`` evaluate them.
+    The same holds for any callback with an ``averaged_module()`` method, a user's own included
+    (:class:`~lightning_tricks.callbacks._protocols.HoldsAveragedWeights`).
 
     Steps: patience counts validation checks, not optimizer steps, so the package's step rule
     (:mod:`lightning_tricks.callbacks._steps`) does not enter; several optimizers, accumulation and skipped batches
@@ -190,12 +192,13 @@ class EarlyStopping(_LightningEarlyStopping):
             self.best_epoch = trainer.current_epoch
 
     def _evaluated_weights(self, trainer: pl.Trainer) -> dict[str, Tensor]:
-        """A host copy of the weights the last validation evaluated (EMA's average when an EMA swapped it in), with
-        rank 0's buffers on every rank."""
+        """A host copy of the weights the last validation evaluated (the average when a callback holding averaged
+        weights, such as ``EMA``, swapped it in), with rank 0's buffers on every rank."""
         module: nn.Module = trainer.lightning_module
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(cb, EMA) and cb.averaged_module() is not None:
-                module = cb.averaged_module()  # type: ignore[assignment]
+            averaged = cb.averaged_module() if isinstance(cb, HoldsAveragedWeights) else None
+            if averaged is not None:
+                module = averaged
         state = cpu_state_copy(module)
         if trainer.world_size > 1:
             # BatchNorm statistics differ per rank (each rank normalizes its own batches): take rank 0's, so that

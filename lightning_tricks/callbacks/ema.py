@@ -26,6 +26,7 @@ from lightning_tricks._validation import check_float, check_int, invalid
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._monitoring import add_text, trainer_logs_now
+from lightning_tricks.callbacks._protocols import RestoresBestWeights
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
 
@@ -87,6 +88,8 @@ class EMA(WeightAveraging):
     :class:`~lightning_tricks.callbacks.EarlyStopping` ``(restore_best_weights=True)`` in the same Trainer, in any
     list order: the metric it monitors was measured on the averaged weights, so it keeps the averaged weights of its
     best check, and those are what the module holds after ``fit`` (the restore wins over this end-of-training copy).
+    The same holds for any callback with a ``will_restore()`` method, a user's own included
+    (:class:`~lightning_tricks.callbacks._protocols.RestoresBestWeights`).
 
     Precision: under ``bf16-true`` / ``16-true`` the average stays in float32 (a half-precision average would round
     away updates of size ``(1 - d) * w``) and is cast to the module's dtype when it is copied in; under ``64-true``
@@ -304,10 +307,8 @@ class EMA(WeightAveraging):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning_tricks.callbacks.early_stopping import EarlyStopping  # (it imports this module)
-
-        restoring = any(isinstance(cb, EarlyStopping) and cb.will_restore() for cb in trainer.callbacks)
-        if self.averaged_module() is not None and not restoring:  # EarlyStopping's restore (averaged weights) wins
+        restoring = any(isinstance(cb, RestoresBestWeights) and cb.will_restore() for cb in trainer.callbacks)
+        if self.averaged_module() is not None and not restoring:  # a restore of best (averaged) weights wins
             self._copy_average_to_current(pl_module)
 
     @override
