@@ -20,16 +20,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_tricks._tensorboard import register_custom_scalars, write_custom_scalars
 from lightning_tricks._validation import check_every_n, check_float, invalid
 from lightning_tricks.callbacks._compiled import run_eagerly, strip_compiled_name
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
-    is_logging_step,
-    log_metrics,
-    register_custom_scalars,
-    resolve_every_n_steps,
-    write_custom_scalars,
-)
+from lightning_tricks.callbacks._logging import is_logging_step, log_metrics, resolve_every_n_steps
 from lightning_tricks.callbacks._names import module_type
 
 ActivationKind = Literal["rectifier", "tanh", "sigmoid", "other"]

@@ -22,10 +22,11 @@ from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
+from lightning_tricks._tensorboard import add_text
 from lightning_tricks._validation import check_float, check_int, invalid
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import add_text, trainer_logs_now
+from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._protocols import RestoresBestWeights
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 

@@ -28,9 +28,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_tricks._tensorboard import add_text, register_custom_scalars
 from lightning_tricks._validation import check_choice, check_float, check_int
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._grad_stats import (
+    TOTAL_NORM_CHART,
     TOTAL_NORM_KEY,
     GradStats,
     TotalNormOwner,
@@ -40,12 +42,7 @@ from lightning_tricks.callbacks._grad_stats import (
     owns_total_norm,
 )
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
-    TOTAL_NORM_CHART,
-    add_text,
-    register_custom_scalars,
-    trainer_logs_now,
-)
+from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
 ClipMode = Literal["norm", "value", "agc", "auto"]

@@ -19,19 +19,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks._tensorboard import register_custom_scalars
 from lightning_tricks._validation import check_choice, check_every_n, check_float, check_int
 from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
+from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
+    TOTAL_NORM_KEY,
     GradLayout,
-    is_logging_step,
-    log_metrics,
-    register_custom_scalars,
-    resolve_every_n_steps,
-    to_host,
+    TotalNormOwner,
+    grad_stats,
+    owns_total_norm,
 )
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._logging import is_logging_step, log_metrics, resolve_every_n_steps, to_host
 from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from lightning_tricks._validation import check_choice, check_float, check_int, invalid
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import log_metrics
+from lightning_tricks.callbacks._logging import log_metrics
 
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values", "data")
 

@@ -22,7 +22,7 @@ from typing_extensions import override
 from lightning_tricks._loops import estimated_stepping_batches
 from lightning_tricks._validation import check_choice, check_float, check_int
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps
 
 DecayMode = Literal["exponential", "step", "cosine", "linear"]

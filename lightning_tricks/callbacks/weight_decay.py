@@ -21,7 +21,7 @@ from typing_extensions import override
 from lightning_tricks._validation import check_choice, check_float
 from lightning_tricks.callbacks._compat import refuse_sharded
 from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import logging_step, trainer_logs_now
+from lightning_tricks.callbacks._logging import logging_step, trainer_logs_now
 
 DecayMode = Literal["l2", "decoupled"]
 NORM_LAYERS: tuple[type[nn.Module], ...] = (

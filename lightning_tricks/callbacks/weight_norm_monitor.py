@@ -20,25 +20,26 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tricks._tensorboard import add_histograms, register_custom_scalars, tag_regex
 from lightning_tricks._validation import check_bool, check_every_n
 from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
+from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
-    add_histograms,
-    group_indices,
+    TOTAL_NORM_KEY,
+    TotalNormOwner,
+    grad_stats,
     group_norms,
+    owns_total_norm,
+)
+from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._logging import (
     is_logging_step,
-    layer_name,
     log_metrics,
-    named_optimizer_params,
-    register_custom_scalars,
+    logging_step,
     resolve_every_n_steps,
-    tag_regex,
     to_host,
 )
-from lightning_tricks.callbacks._names import parameter_labels
+from lightning_tricks.callbacks._names import group_indices, layer_name, named_optimizer_params, parameter_labels
 from lightning_tricks.callbacks._steps import optimizer_index, unwrap
 
 #: Logged family -> its custom-scalars category.
@@ -220,7 +221,7 @@ class WeightNormMonitor(TotalNormOwner, Callback):
             self._histogram_epochs[index] = epoch
             tensors = {f"weight_hist/{self._label(n)}": p for n, p in zip(names, params, strict=True)}
             tensors.update({f"grad_hist/{self._label(n)}": p.grad for n, p in zip(names, params, strict=True)})
-            add_histograms(trainer, tensors)  # type: ignore[arg-type]
+            add_histograms(trainer, tensors, logging_step(trainer))  # type: ignore[arg-type]
         if not log_now:
             return
         with torch.no_grad():

@@ -129,7 +129,7 @@ def test_batched_diagnosis_equals_step_by_step() -> None:
 
 
 def test_layout_cache_follows_the_parameters_with_gradients() -> None:
-    from lightning_tricks.callbacks._monitoring import GradLayoutCache
+    from lightning_tricks.callbacks._grad_stats import GradLayoutCache
 
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)

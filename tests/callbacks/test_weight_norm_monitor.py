@@ -36,8 +36,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader
 
 from lightning_tricks.callbacks import WeightNormMonitor
-from lightning_tricks.callbacks._grad_stats import gradient_norms
-from lightning_tricks.callbacks._monitoring import group_norms
+from lightning_tricks.callbacks._grad_stats import gradient_norms, group_norms
 from lightning_tricks.callbacks.weight_norm_monitor import update_ratios
 
 
@@ -223,7 +222,7 @@ def test_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_histogram_stats_on_hand_computed_tensors() -> None:
-    from lightning_tricks.callbacks._monitoring import histogram_stats
+    from lightning_tricks._tensorboard import histogram_stats
 
     values = torch.tensor([0.0, 1.0, 2.0, 3.0, float("nan"), float("inf")])  # non-finite values are left out
     constant = torch.full((4,), 2.0)
