@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tricks._validation import check_choice, check_float, check_int
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._base import StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._protocols import HoldsAveragedWeights
 
 
@@ -41,7 +40,7 @@ def is_improvement(current: Tensor, best: Tensor, min_delta: float, mode: Litera
     return bool(torch.isfinite(current) & better)
 
 
-class EarlyStopping(_LightningEarlyStopping):
+class EarlyStopping(TrickCallback, _LightningEarlyStopping):
     r"""Lightning's ``EarlyStopping`` plus ``restore_best_weights`` and ``start_from_epoch``.
 
     The check runs where Lightning's runs: ``on_train_epoch_end`` when validation runs every epoch, otherwise
@@ -117,6 +116,11 @@ class EarlyStopping(_LightningEarlyStopping):
         trainer.fit(model)  # model now holds the weights of the best validation check
     """
 
+    strategy_policy = StrategyRefusal(
+        "with restore_best_weights=True each rank would keep and restore only its shard of the weights",
+        "Use restore_best_weights=False with ModelCheckpoint(monitor=...) and load the best checkpoint.",
+    )
+
     def __init__(
         self,
         monitor: str,
@@ -155,24 +159,18 @@ class EarlyStopping(_LightningEarlyStopping):
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self._check_on_train_epoch_end_arg = check_on_train_epoch_end
-        skip_unused_batch_hooks(self)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.restore_best_weights:
-            refuse_sharded(
-                self,
-                trainer,
-                "with restore_best_weights=True each rank would keep and restore only its shard of the weights",
-                "Use restore_best_weights=False with ModelCheckpoint(monitor=...) and load the best checkpoint.",
-            )
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
-            inf = torch.tensor(torch.inf)  # Lightning's initial values
-            self.wait_count, self.stopped_epoch, self.best_score = 0, 0, inf if self.monitor_op == torch.lt else -inf
-            self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
-            self.best_weights, self.best_epoch = None, None
-        super().setup(trainer, pl_module, stage)
+    def strategy_refusal(self, stage: str) -> StrategyRefusal | None:
+        return self.strategy_policy if self.restore_best_weights else None  # without it sharded strategies work
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
+        inf = torch.tensor(torch.inf)  # Lightning's initial values
+        self.wait_count, self.stopped_epoch, self.best_score = 0, 0, inf if self.monitor_op == torch.lt else -inf
+        self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
+        self.best_weights, self.best_epoch = None, None
 
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:

@@ -10,6 +10,7 @@ in for validation, copies it into the model when training ends and stores it in 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -24,8 +25,7 @@ from typing_extensions import override
 
 from lightning_tricks._tensorboard import add_text
 from lightning_tricks._validation import check_float, check_int, invalid
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._protocols import RestoresBestWeights
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
@@ -63,7 +63,7 @@ def _group_pairs(averaged: Sequence[Tensor], current: Sequence[Tensor]) -> list[
     return list(groups.values())
 
 
-class EMA(WeightAveraging):
+class EMA(TrickCallback, WeightAveraging):
     r"""Keep an exponential moving average of the weights; validate, checkpoint and end training with it.
 
     Right after every optimizer step selected by ``update_every_n_steps`` / ``update_starting_at_step`` (a torch
@@ -129,6 +129,11 @@ class EMA(WeightAveraging):
         trainer.fit(model)  # validation and the saved checkpoints use the averaged weights
     """
 
+    strategy_policy = StrategyRefusal(
+        "the averaged copy would be a full, unsharded copy of the module on every rank",
+        "Use a DDP strategy, or Lightning's EMAWeightAveraging where it supports your strategy.",
+    )
+
     def __init__(
         self,
         decay: float = 0.999,
@@ -155,14 +160,14 @@ class EMA(WeightAveraging):
         self.update_starting_at_step = update_starting_at_step
         self._steps = OptimizerSteps(on_step=self._after_step)
         self._module: pl.LightningModule | None = None  # during fit, for the step hooks
-        self._reset()
-        skip_unused_batch_hooks(self)
+        self._opts = PerOptimizer(_OptimizerAverage)
+        self.reset_fit_state()
 
-    def _reset(self) -> None:
+    @override
+    def reset_fit_state(self) -> None:
         self._num_updates = 0  # updates of any optimizer's parameters
-        self._updates: list[int] = []  # per optimizer
+        self._opts.clear()
         self._rest_updates = 0  # of the buffers and the parameters of no optimizer
-        self._last_decay: list[float | None] = []
         self._groups: dict[int, list[tuple[list[Tensor], list[Tensor]]]] | None = None
         self._backup: list[Tensor] | None = None
         self._steps.reset()
@@ -177,25 +182,15 @@ class EMA(WeightAveraging):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "the averaged copy would be a full, unsharded copy of the module on every rank",
-            "Use a DDP strategy, or Lightning's EMAWeightAveraging where it supports your strategy.",
-        )
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._reset()
-            if str(trainer.precision) == "64-true" and self._average_model is not None:
-                self._average_model.double()  # the module becomes float64 after `setup`: keep the average as precise
+        super().setup(trainer, pl_module, stage)  # TrickCallback's, then WeightAveraging's (the averaged copy)
+        if stage == "fit" and str(trainer.precision) == "64-true" and self._average_model is not None:
+            self._average_model.double()  # the module becomes float64 after `setup`: keep the average as precise
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps.attach(trainer)
         self._module = pl_module
-        n = len(trainer.optimizers)
-        self._updates = (self._updates + [0] * n)[:n]
-        self._last_decay = (self._last_decay + [None] * n)[:n]
+        self._opts.resize(len(trainer.optimizers))
         if not self.warmup:  # a constant is text (and an HPARAMS column), not a flat chart
             add_text(trainer, "ema/decay", f"{self.decay:g} (constant; the first update copies the weights)")
 
@@ -248,8 +243,9 @@ class EMA(WeightAveraging):
             return
         if self._groups is None:
             self._groups = self._build_groups(module, module.trainer.optimizers)
-        self._last_decay[index] = self._update_group(index, self._updates[index])
-        self._updates[index] += 1
+        average = self._opts[index]
+        average.last_decay = self._update_group(index, average.updates)
+        average.updates += 1
         self._update_group(-1, self._rest_updates)
         self._rest_updates += 1
         if not self._use_buffers:
@@ -259,8 +255,8 @@ class EMA(WeightAveraging):
         self._num_updates += 1
 
     def _update(self, module: torch.nn.Module) -> None:
-        """One update of every averaged tensor at once, outside a Trainer (``benchmarks/ema_overhead.py`` times it):
-        the work of one training step's update."""
+        """One update of every averaged tensor at once, outside a Trainer (the overhead benchmark times it): the work
+        of one training step's update."""
         if self._groups is None:
             self._groups = self._build_groups(module, [])  # no optimizer: every tensor in the one group -1
         self._update_group(-1, self._rest_updates)
@@ -276,10 +272,10 @@ class EMA(WeightAveraging):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.warmup and trainer_logs_now(trainer):  # a constant decay is written once as text (on_fit_start)
-            for i, decay in enumerate(self._last_decay):
-                if decay is not None:
-                    key = optimizer_key("ema/decay", i, len(self._last_decay))
-                    pl_module.log(key, decay, on_step=True, on_epoch=False, rank_zero_only=True)
+            for i, average in enumerate(self._opts):
+                if average.last_decay is not None:
+                    key = optimizer_key("ema/decay", i, len(self._opts))
+                    pl_module.log(key, average.last_decay, on_step=True, on_epoch=False, rank_zero_only=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -337,21 +333,23 @@ class EMA(WeightAveraging):
         return {
             **super().state_dict(),
             "num_updates": self._num_updates,
-            "updates": list(self._updates),
+            "optimizers": self._opts.state_dict(dataclasses.asdict),
             "rest_updates": self._rest_updates,
-            "last_decay": list(self._last_decay),
             **self._steps.state_dict(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._latest_update_step = state_dict.get("latest_update_step", 0)
-        self._num_updates = state_dict.get("num_updates", 0)
-        # checkpoints from before per-optimizer counts: one optimizer, stepped `latest_update_step` times
-        self._updates = list(state_dict.get("updates", [self._num_updates]))
-        self._rest_updates = state_dict.get("rest_updates", self._num_updates)
-        last = state_dict.get("last_decay")
-        self._last_decay = list(last) if isinstance(last, list) else [last]
+        super().load_state_dict(state_dict)
+        self._num_updates = state_dict["num_updates"]
+        self._opts.load_state_dict(state_dict["optimizers"], lambda entry: _OptimizerAverage(**entry))
+        self._rest_updates = state_dict["rest_updates"]
         self._steps.load_state_dict(state_dict)
-        if "optimizer_steps" not in state_dict:
-            self._steps.counts = [self._latest_update_step]
+
+
+@dataclasses.dataclass
+class _OptimizerAverage:
+    """The averaging state of one optimizer's parameters (the step rule: each optimizer has its own)."""
+
+    updates: int = 0  # updates of this optimizer's parameters so far
+    last_decay: float | None = None  # the decay of the latest one (logged with warmup=True)

@@ -22,7 +22,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -30,7 +29,7 @@ from typing_extensions import override
 
 from lightning_tricks._tensorboard import add_text, register_custom_scalars
 from lightning_tricks._validation import check_choice, check_float, check_int
-from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
     TOTAL_NORM_KEY,
@@ -41,7 +40,6 @@ from lightning_tricks.callbacks._grad_stats import (
     gradient_norms,
     owns_total_norm,
 )
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
@@ -134,7 +132,7 @@ def autoclip_threshold(history: Tensor, percentile: float) -> Tensor:
     return torch.nan_to_num(threshold, nan=math.inf)
 
 
-class GradientClipping(TotalNormOwner, Callback):
+class GradientClipping(TotalNormOwner, TrickCallback):
     """Clip gradients before every optimizer step: by total norm, by value, unit-wise (AGC) or adaptively (AutoClip).
 
     Runs in ``on_before_optimizer_step``: gradients there are unscaled under AMP, already all-reduced under DDP (so
@@ -214,6 +212,10 @@ class GradientClipping(TotalNormOwner, Callback):
     """
 
     total_norm_priority = 2  # a WeightNormMonitor or GradientHealth logs the total norm before it
+    strategy_policy = StrategyRefusal(
+        "each rank holds only a shard of the gradients, so the norms and thresholds would be wrong",
+        "Use Trainer(gradient_clip_val=...), which the sharded strategies implement.",
+    )
 
     def __init__(
         self,
@@ -238,22 +240,18 @@ class GradientClipping(TotalNormOwner, Callback):
         self.history_size = history_size
         self.agc_eps = float(agc_eps)
         self.agc_skip_last_layer = agc_skip_last_layer
-        self._state: list[_ClipState] = []  # training state per optimizer (saved in checkpoints)
+        self._state = PerOptimizer(_ClipState)  # training state per optimizer (saved in checkpoints)
         self._skip: set[int] = set()
         self._owns_total = True  # logs grad_norm/total unless a monitor does (decided at fit start)
         self._shares_stats = True  # reads the shared statistics: another callback does too (decided at fit start)
-        skip_unused_batch_hooks(self)
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._state.clear()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "each rank holds only a shard of the gradients, so the norms and thresholds would be wrong",
-            "Use Trainer(gradient_clip_val=...), which the sharded strategies implement.",
-        )
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._state = []
+        super().setup(trainer, pl_module, stage)
         if trainer.gradient_clip_val:
             raise MisconfigurationException(
                 f"`GradientClipping` callback and `Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` would both"
@@ -302,8 +300,6 @@ class GradientClipping(TotalNormOwner, Callback):
         if not params:
             return  # no gradient: a skipped batch, not a step
         index = optimizer_index(trainer, optimizer)
-        while len(self._state) <= index:
-            self._state.append(_ClipState())
         state = self._state[index]
         grads = [p.grad for p in params]
         log = trainer_logs_now(trainer)
@@ -380,14 +376,11 @@ class GradientClipping(TotalNormOwner, Callback):
     def state_dict(self) -> dict[str, Any]:
         for state in self._state:
             state.count_clipped_norms(self.threshold)
-        return {"optimizers": [state.to_dict() for state in self._state]}
+        return {"optimizers": self._state.state_dict(_ClipState.to_dict)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("optimizers")
-        if saved is None and "num_steps" in state_dict:  # a checkpoint from before per-optimizer state
-            saved = [state_dict]
-        self._state = [_ClipState.from_dict(entry) for entry in saved or []]
+        self._state.load_state_dict(state_dict["optimizers"], _ClipState.from_dict)
 
 
 @dataclass

@@ -9,19 +9,19 @@ upstream as Lightning issue #21589 (gradient statistics).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks._tensorboard import register_custom_scalars
 from lightning_tricks._validation import check_choice, check_every_n, check_float, check_int
-from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
     TOTAL_NORM_KEY,
@@ -30,7 +30,6 @@ from lightning_tricks.callbacks._grad_stats import (
     grad_stats,
     owns_total_norm,
 )
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._logging import is_logging_step, log_metrics, resolve_every_n_steps, to_host
 from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
@@ -104,7 +103,7 @@ def diagnose_gradients(
     return GradientDiagnosis(total, median, nonfinite, exploding, vanishing, min_ratio)
 
 
-class GradientHealth(TotalNormOwner, Callback):
+class GradientHealth(TotalNormOwner, TrickCallback):
     r"""Detect vanishing, exploding and non-finite gradients; warn, skip the bad step, or stop training.
 
     Runs in ``on_before_optimizer_step``: gradients are unscaled under AMP, all-reduced under DDP and not yet clipped
@@ -186,6 +185,10 @@ class GradientHealth(TotalNormOwner, Callback):
     """
 
     total_norm_priority = 1  # logs grad_norm/total unless a WeightNormMonitor does (see _grad_stats)
+    strategy_policy = StrategyRefusal(
+        "each rank holds only a shard of the gradients, so the norms and the decisions would differ per rank",
+        "Use a DDP strategy, or leave GradientHealth out.",
+    )
 
     def __init__(
         self,
@@ -220,28 +223,20 @@ class GradientHealth(TotalNormOwner, Callback):
         self._labels: dict[str, str] = {}
         self._scaled = False  # a GradScaler handles non-finite gradients (16-mixed)
         self._steps = OptimizerSteps()
-        self._opts: list[_OptimizerHealth] = []  # training state, one per optimizer (see state_dict)
-        skip_unused_batch_hooks(self)
+        # training state, one per optimizer (see state_dict)
+        self._opts = PerOptimizer(functools.partial(_OptimizerHealth.empty, history))
 
-    def _state(self, index: int) -> _OptimizerHealth:
-        while len(self._opts) <= index:
-            self._opts.append(_OptimizerHealth(torch.full((self.history,), float("nan"))))
-        return self._opts[index]
+    @override
+    def reset_fit_state(self) -> None:
+        self._opts.clear()
+        self._steps.reset()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "each rank holds only a shard of the gradients, so the norms and the decisions would differ per rank",
-            "Use a DDP strategy, or leave GradientHealth out.",
-        )
+        super().setup(trainer, pl_module, stage)
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
         self._trainer = trainer  # for diagnosing buffered steps in `state_dict`, which gets no trainer
         self._scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._opts = []
-            self._steps.reset()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -353,7 +348,7 @@ class GradientHealth(TotalNormOwner, Callback):
         if stats is None:  # no parameter of this optimizer has a gradient: not a step (a skipped batch)
             return
         layout, norms = stats.layout, stats.norms_before_clip
-        state = self._state(index)
+        state = self._opts[index]
         state.checks += 1
         if self.action == "warn":
             self._defer(state, layout, norms)
@@ -452,16 +447,13 @@ class GradientHealth(TotalNormOwner, Callback):
         # called when checkpointing: moving the device tensors to the host here is a (rare) deliberate sync
         for state in self._opts:
             self._process(state)  # diagnose the buffered steps now: the checkpoint holds their outcome
-        return {"optimizers": [state.to_dict() for state in self._opts], **self._steps.state_dict()}
+        return {"optimizers": self._opts.state_dict(_OptimizerHealth.to_dict), **self._steps.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("optimizers")
-        if saved is None and "norms" in state_dict:  # a checkpoint from before per-optimizer state: optimizer 0
-            saved = [state_dict]
-        self._opts = []
-        for i, entry in enumerate(saved or []):
-            self._state(i).load(entry, self.history)
+        self._opts.load_state_dict(
+            state_dict["optimizers"], lambda entry: _OptimizerHealth.empty(self.history).load(entry)
+        )
         self._steps.load_state_dict(state_dict)
 
 
@@ -482,6 +474,11 @@ class _OptimizerHealth:
     rows: list[Tensor] = field(default_factory=list)
     layout: GradLayout | None = None
 
+    @classmethod
+    def empty(cls, history: int) -> _OptimizerHealth:
+        """The state of an optimizer not checked yet: a ring of ``history`` empty (NaN) slots."""
+        return cls(torch.full((history,), float("nan")))
+
     @property
     def vanishing(self) -> Tensor:
         """Per-layer vanishing counts of the interval."""
@@ -500,10 +497,11 @@ class _OptimizerHealth:
             "vanishing_seen": self.vanishing_seen,
         }
 
-    def load(self, entry: dict[str, Any], history: int) -> None:
-        """Restore :meth:`to_dict` (a different ``history`` starts a fresh ring buffer)."""
+    def load(self, entry: dict[str, Any]) -> _OptimizerHealth:
+        """Restore :meth:`to_dict` into this state and return it (a ring of another size than this one's stays fresh:
+        ``history`` changed)."""
         norms = entry.get("norms")
-        if norms is not None and len(norms) == history:
+        if norms is not None and len(norms) == len(self.norms):
             self.norms = torch.as_tensor(norms, dtype=torch.float32).clone()
             self.recorded = int(entry.get("recorded", 0))
         self.checks = int(entry.get("checks", 0))
@@ -512,3 +510,4 @@ class _OptimizerHealth:
         self.counts.update(entry.get("counts", {}))
         self.scaler_streak = int(entry.get("scaler_streak", 0))
         self.vanishing_seen = bool(entry.get("vanishing_seen", False))
+        return self

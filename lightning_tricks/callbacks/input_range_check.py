@@ -13,13 +13,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks._validation import check_choice, check_float, check_int, invalid
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._base import TrickCallback
 from lightning_tricks.callbacks._logging import log_metrics
 
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values", "data")
@@ -118,7 +117,7 @@ def range_problem(stats: dict[str, float], expected: tuple[float, float], tolera
     return f"{seen}, outside the expected [{lo:g}, {hi:g}] (tolerance {tolerance:g}). Fix: " + "; ".join(fixes) + "."
 
 
-class InputRangeCheck(Callback):
+class InputRangeCheck(TrickCallback):
     """Check the first ``check_batches`` training batches' inputs against an expected value range.
 
     Runs in ``on_train_batch_start`` (the batch is already on the device). For the first ``check_batches`` training
@@ -174,20 +173,15 @@ class InputRangeCheck(Callback):
         self.action = action
         self.tolerance = tolerance
         self.batch_key = batch_key
-        self._reset()
-        skip_unused_batch_hooks(self)
+        self.reset_fit_state()
 
-    def _reset(self) -> None:
+    @override
+    def reset_fit_state(self) -> None:  # a reused instance checks the new run's data
         self.checked = 0
         self.count = 0
         self.stats: dict[str, float] | None = None
         self._acc: Tensor | None = None
         self._restored: list[float] | None = None
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":  # a reused instance checks the new run's data; a checkpoint restores its progress later
-            self._reset()
 
     @property
     def done(self) -> bool:

@@ -12,15 +12,13 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks._validation import check_choice, check_float
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._base import StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._logging import logging_step, trainer_logs_now
 
 DecayMode = Literal["l2", "decoupled"]
@@ -103,7 +101,7 @@ def l2_penalty(params: Iterable[Tensor], coefficient: float) -> Tensor:
     return 0.5 * coefficient * norms.square().sum()
 
 
-class WeightDecay(Callback):
+class WeightDecay(TrickCallback):
     """Weight decay without touching ``configure_optimizers``: explicit L2 gradient or decoupled shrinking.
 
     Both modes run in ``on_before_optimizer_step``, once per optimizer step, on the parameters of the optimizer being
@@ -151,6 +149,11 @@ class WeightDecay(Callback):
         trainer = Trainer(callbacks=[WeightDecay(coefficient=0.05, mode="decoupled")])  # with Adam -> AdamW
     """
 
+    strategy_policy = StrategyRefusal(
+        "it flattens parameters into 1-D shards, so biases and normalization layers cannot be told apart",
+        "Use the optimizer's own weight_decay (e.g. AdamW) with parameter groups.",
+    )
+
     def __init__(self, coefficient: float = 1e-4, mode: DecayMode = "l2", exclude_bias_and_norm: bool = True) -> None:
         check_choice("mode", mode, DecayMode)
         check_float("coefficient", coefficient, 0)
@@ -160,16 +163,9 @@ class WeightDecay(Callback):
         self._params: list[nn.Parameter] = []
         self._ids: set[int] = set()
         self._logged_step = -1
-        skip_unused_batch_hooks(self)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "it flattens parameters into 1-D shards, so biases and normalization layers cannot be told apart",
-            "Use the optimizer's own weight_decay (e.g. AdamW) with parameter groups.",
-        )
+    def reset_fit_state(self) -> None:
         self._logged_step = -1  # a new fit's logging steps start again at 0
 
     @override

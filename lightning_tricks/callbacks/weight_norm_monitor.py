@@ -15,14 +15,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_tricks._tensorboard import add_histograms, register_custom_scalars, tag_regex
 from lightning_tricks._validation import check_bool, check_every_n
-from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
     TOTAL_NORM_KEY,
@@ -31,7 +30,6 @@ from lightning_tricks.callbacks._grad_stats import (
     group_norms,
     owns_total_norm,
 )
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._logging import (
     is_logging_step,
     log_metrics,
@@ -80,7 +78,7 @@ class _Pending:
     total: Tensor
 
 
-class WeightNormMonitor(TotalNormOwner, Callback):
+class WeightNormMonitor(TotalNormOwner, TrickCallback):
     r"""Log weight norms, gradient norms before clipping, and update-to-weight ratios ``||dw|| / ||w||``.
 
     Runs in ``on_before_optimizer_step`` (gradients there are unscaled under AMP, all-reduced under DDP and not yet
@@ -144,6 +142,10 @@ class WeightNormMonitor(TotalNormOwner, Callback):
     """
 
     total_norm_priority = 0  # the owner of grad_norm/total when present (see _grad_stats)
+    strategy_policy = StrategyRefusal(
+        "each rank holds only a shard of the weights and gradients, so the norms would be wrong",
+        "Use a DDP strategy, or Lightning's `lightning.pytorch.utilities.grad_norm` in your module.",
+    )
 
     def __init__(
         self,
@@ -158,23 +160,20 @@ class WeightNormMonitor(TotalNormOwner, Callback):
         self.per_layer = per_layer
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self._every_n = 0
-        self._histogram_epochs: list[int] = []  # per optimizer: the last epoch it wrote histograms in
+        self._histogram_epochs = PerOptimizer(_no_epoch)  # per optimizer: the last epoch it wrote histograms in
         self._pending: dict[int, _Pending] = {}  # per optimizer: this batch's record
         self._owns_total = True  # logs grad_norm/total (decided at fit start; see _grad_stats)
         self._labels: dict[str, str] = {}  # parameter / layer name -> "net.1.weight Linear(784→1024)"
-        skip_unused_batch_hooks(self)
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._histogram_epochs.clear()
+        self._pending = {}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "each rank holds only a shard of the weights and gradients, so the norms would be wrong",
-            "Use a DDP strategy, or Lightning's `lightning.pytorch.utilities.grad_norm` in your module.",
-        )
+        super().setup(trainer, pl_module, stage)
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._histogram_epochs, self._pending = [], {}
         if stage == "fit" and not trainer.loggers:
             rank_zero_warn("`WeightNormMonitor` has no logger to write to: pass `Trainer(logger=...)`.")
 
@@ -206,8 +205,6 @@ class WeightNormMonitor(TotalNormOwner, Callback):
     ) -> None:
         epoch, index = trainer.current_epoch, optimizer_index(trainer, optimizer)
         every_epochs = self.histogram_every_n_epochs
-        while len(self._histogram_epochs) <= index:
-            self._histogram_epochs.append(-1)
         done = self._histogram_epochs[index] == epoch
         histogram_now = every_epochs is not None and epoch % every_epochs == 0 and not done
         log_now = is_logging_step(trainer, self._every_n) and index not in self._pending  # its first step this batch
@@ -270,9 +267,13 @@ class WeightNormMonitor(TotalNormOwner, Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"histogram_epochs": list(self._histogram_epochs)}
+        return {"histogram_epochs": self._histogram_epochs.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        legacy = [int(state_dict["histogram_epoch"])] if "histogram_epoch" in state_dict else []
-        self._histogram_epochs = [int(e) for e in state_dict.get("histogram_epochs", legacy)]
+        self._histogram_epochs.load_state_dict(state_dict["histogram_epochs"], int)
+
+
+def _no_epoch() -> int:
+    """The epoch an optimizer last wrote histograms in, before it wrote any."""
+    return -1

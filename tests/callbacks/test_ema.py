@@ -266,7 +266,7 @@ def test_gan_each_optimizer_is_averaged_after_its_own_steps(tmp_path: Path, ever
     0, n, 2n, ... (the old code never updated with n=2: the shared global step it checked was always odd)."""
     recorder, model, ema = StepRecorder(), TinyGAN(), EMA(decay=0.5, update_every_n_steps=every)
     _, rows = csv_fit(tmp_path, [ema, recorder], model)
-    assert ema._updates == [8 // every, 8 // every]
+    assert [o.updates for o in ema._opts] == [8 // every, 8 // every]
     # a constant decay is TensorBoard text, not a flat chart per optimizer (issue 12: one key per quantity)
     assert not [k for r in rows for k, v in r.items() if k.startswith("ema/decay") and v], rows[0].keys()
     for i, module in enumerate((model.generator, model.discriminator)):
@@ -278,7 +278,7 @@ def test_gan_each_optimizer_is_averaged_after_its_own_steps(tmp_path: Path, ever
 def test_skipped_batches_are_not_steps(tmp_path: Path) -> None:
     recorder, model, ema = StepRecorder(), SkippingBoringModel(skip_batches=[0, 3]), EMA(decay=0.5)
     csv_fit(tmp_path, [ema, recorder], model)
-    assert ema._updates == [6] and len(recorder.steps[0]) == 6
+    assert [o.updates for o in ema._opts] == [6] and len(recorder.steps[0]) == 6
     torch.testing.assert_close(model.layer.weight.double(), _ema_of(recorder.steps[0], 0.5)[0])
 
 
@@ -302,7 +302,7 @@ def test_reused_instance_averages_the_second_fit(tmp_path: Path) -> None:
     csv_fit(tmp_path / "a", ema, SkippingBoringModel())
     recorder, model = StepRecorder(), SkippingBoringModel(lr=0.05)
     csv_fit(tmp_path / "b", [ema, recorder], model)
-    assert ema._updates == [8]
+    assert [o.updates for o in ema._opts] == [8]
     torch.testing.assert_close(model.layer.weight.double(), _ema_of(recorder.steps[0], 0.5)[0])
 
 
@@ -314,6 +314,6 @@ def test_refuses_sharded_strategies() -> None:
 
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
     (full, (full_ema,)), (resumed, (resumed_ema,)) = gan_resume_runs(tmp_path, lambda: [EMA(decay=0.7, warmup=True)])
-    assert full_ema._updates == resumed_ema._updates == [8, 8]
+    assert [o.updates for o in full_ema._opts] == [o.updates for o in resumed_ema._opts] == [8, 8]
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the averaged weights, copied in at the end

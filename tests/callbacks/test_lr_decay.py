@@ -149,10 +149,8 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_load_state_dict_wins_over_current_lr() -> None:
     decay = LRDecay()
-    decay.load_state_dict({"initial_lrs": [[0.5]]})
-    assert decay.initial_lrs == [[0.5]]
-    decay.load_state_dict({})  # an older checkpoint without the key keeps the current value
-    assert decay.initial_lrs == [[0.5]]
+    decay.load_state_dict({"initial_lrs": [[0.5]], "optimizer_steps": [3]})
+    assert decay.initial_lrs == [[0.5]] and decay._steps.counts == [3]
 
 
 def test_ddp_ranks_agree(tmp_path: Path) -> None:
