@@ -1,4 +1,5 @@
-"""Per-step gradient statistics computed once and shared by the callbacks that read gradients (design rule 10).
+"""Per-step gradient statistics computed once and shared by the callbacks that read gradients (the "shared gradient
+statistics" rule of the design).
 
 ``GradientHealth``, ``GradientClipping`` and ``WeightNormMonitor`` all need the per-parameter L2 norms of the
 gradients, and their total, in ``on_before_optimizer_step``. :func:`grad_stats` computes them with ONE
@@ -6,7 +7,7 @@ gradients, and their total, in ``on_before_optimizer_step``. :func:`grad_stats` 
 every caller of that step, so three callbacks cost one pass over the gradients. Each callback still works alone: the
 first caller of a step computes, the others reuse.
 
-**Which step.** Statistics belong to one optimizer (design rule 7: a GAN's two optimizers never share them) and to
+**Which step.** Statistics belong to one optimizer (the step rule: a GAN's two optimizers never share them) and to
 its *current* gradients: the cache remembers the gradient tensors (weakly, so no gradient memory is kept alive) and
 their in-place version counters (``Tensor._version``). A new backward, ``zero_grad``, a skipped update
 (``GradientHealth`` sets the gradients to ``None``) or any in-place change (a ``WeightDecay(mode="l2")`` penalty,

@@ -1,4 +1,4 @@
-"""What "a step" means to every callback of this package (design rule 7), in one place.
+"""What "a step" means to every callback of this package (the step rule of the design), in one place.
 
 **The rule.** A step is one optimizer step of one optimizer: one call of that optimizer's ``step()`` that was reached
 with at least one gradient. Hence:

@@ -78,7 +78,7 @@ class EMA(TrickCallback, WeightAveraging):
     give the averaged model, and resuming continues both exactly), and when training ends the averaged weights are
     copied into the module. Until the first update, the module's own weights are used.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Each optimizer has its own step count, update count and warmup: in a GAN the generator's weights are
     averaged after each generator step and the discriminator's after each discriminator step, so
     ``update_every_n_steps=2`` updates each every second step of its own. Accumulation micro-batches, skipped batches

@@ -142,7 +142,7 @@ class GradientClipping(TotalNormOwner, TrickCallback):
     penalty's gradient is clipped as well. Sharded strategies (FSDP, DeepSpeed) are refused at ``setup``: there each
     rank holds only a part of the gradients; use ``Trainer(gradient_clip_val=...)`` there.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer, and each optimizer is clipped on its own gradients: with several optimizers (a GAN) the total norm is
     that optimizer's, AutoClip keeps one norm history per optimizer, and the logged keys end in ``/opt<i>``. Skipped
     batches (``training_step`` returning ``None``: no gradient) and accumulation micro-batches are not steps.
@@ -385,7 +385,7 @@ class GradientClipping(TotalNormOwner, TrickCallback):
 
 @dataclass
 class _ClipState:
-    """The training state of :class:`GradientClipping` for one optimizer (design rule 7: never mixed)."""
+    """The training state of :class:`GradientClipping` for one optimizer (the step rule: never mixed)."""
 
     history: Tensor | None = None  # AutoClip norms, NaN = empty slot
     num_steps: int = 0  # steps of this optimizer, the ring buffer's write position

@@ -121,7 +121,7 @@ class GradientHealth(TotalNormOwner, TrickCallback):
     step too (so a ``ModelCheckpoint`` only ever sees the last good weights) and sets ``trainer.should_stop``.
     Under DDP a step is skipped on every rank when any rank flags it (``reduce_boolean_decision(all=False)``).
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Every optimizer (a GAN's generator and discriminator, automatic or manual optimization) has its own
     norm history, counts and logged keys, so one optimizer's gradients are never judged against another's. Skipped
     batches (``training_step`` returning ``None``) and accumulation micro-batches are not checked;
@@ -168,8 +168,7 @@ class GradientHealth(TotalNormOwner, TrickCallback):
         history: how many recent finite total norms the running median uses.
         min_history: norms to record before the exploding test starts, in [1, history].
         check_every_n_steps: check every N optimizer steps (others cost nothing). What remains of a check's cost
-            in ``"warn"`` is mostly one read of every gradient (``_foreach_norm``): ~2-3% of a step for a
-            784-256-256-10 MLP on one CPU thread, negligible next to a GPU step; N > 1 divides it by N but leaves
+            in ``"warn"`` is mostly one read of every gradient (``_foreach_norm``); N > 1 divides it by N but leaves
             the other steps unseen (with ``"skip"`` / ``"stop"``, unprotected).
         log_every_n_steps: log and warn every N steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
 
@@ -297,7 +296,7 @@ class GradientHealth(TotalNormOwner, TrickCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         index = self._steps.index(optimizer)
-        if self._steps.count(index) % self.check_every_n_steps == 0:  # this optimizer's own steps (rule 7)
+        if self._steps.count(index) % self.check_every_n_steps == 0:  # this optimizer's own steps (the step rule)
             self._check(trainer, pl_module, optimizer, index)
 
     @override
@@ -459,7 +458,7 @@ class GradientHealth(TotalNormOwner, TrickCallback):
 
 @dataclass
 class _OptimizerHealth:
-    """The training state of :class:`GradientHealth` for one optimizer (design rule 7: never mixed across them)."""
+    """The training state of :class:`GradientHealth` for one optimizer (the step rule: never mixed across them)."""
 
     norms: Tensor  # ring buffer of recent finite total norms (NaN: empty / non-finite)
     recorded: int = 0  # norms written to the ring buffer so far

@@ -86,7 +86,7 @@ class LRDecay(TrickCallback):
     user's ``configure_optimizers`` is untouched. A new ``fit`` without a checkpoint starts afresh: the initial
     learning rates are read again from the new optimizers.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Each optimizer follows its own schedule on its own step count: a GAN whose generator and
     discriminator step once per batch has both reach ``min_lr`` at the end of the run, not halfway. Accumulation
     micro-batches, skipped batches (``training_step`` returning ``None``) and steps a ``GradScaler`` skipped do not

@@ -115,7 +115,7 @@ class WeightDecay(TrickCallback):
       update (exactly ``torch.optim.AdamW``'s rule, Loshchilov & Hutter 2019). Under ``16-mixed`` the steps the
       ``GradScaler`` skips are not shrunk either (decided on the device from the scaler's own flag, no sync).
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer; each optimizer's parameters are decayed at that optimizer's steps only (a GAN's generator and
     discriminator each at their own). Skipped batches (``training_step`` returning ``None``: no gradient) and
     accumulation micro-batches are not decayed. Put :class:`~lightning_tricks.callbacks.GradientHealth` before this

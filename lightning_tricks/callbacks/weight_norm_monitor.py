@@ -85,7 +85,7 @@ class WeightNormMonitor(TotalNormOwner, TrickCallback):
     clipped) and in ``on_train_batch_end`` (after the optimizer step, for the update ratio). All maths uses
     ``torch._foreach_norm`` on the device.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer; logging follows the Trainer's ``log_every_n_steps`` (batches in which the optimizers stepped), so
     every key is logged once per logging batch. With several optimizers (a GAN, automatic or manual optimization)
     each parameter's norms come from its own optimizer's step, ``grad_norm/total`` is the norm of ALL their

@@ -304,7 +304,7 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     download into ``data/`` when ``download=True``. If none works, :class:`DatasetNotFoundError` (a
     ``FileNotFoundError``) lists every place and how to fix it. Files are decompressed in memory and their headers
     checked (magic number, dimensions, size, label range, image/label counts) before ``torch.frombuffer`` wraps
-    them: a bad file raises :class:`CorruptDatasetFileError` naming it. Parsing is cached per process (~0.3 s).
+    them: a bad file raises :class:`CorruptDatasetFileError` naming it. Parsing is cached per process.
 
     **Split.** ``val_size`` samples of the 60k training file are held out by a permutation seeded with ``seed``;
     ``train_subset`` keeps the first N of the remaining (shuffled) training samples.
@@ -313,8 +313,8 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     ``(x / 255 - mean) / std`` with the statistics of the 60k training file (class attributes ``mean``, ``std``).
 
     **Augmentation** (``augment=True``, training set only): random crop after ``crop_padding`` pixels of black
-    padding, and a horizontal flip with probability 1/2 (``hflip``), done on the whole batch with one gather (about
-    0.3-0.5 ms for 128 images on one CPU core). Randomness of batch ``b`` of epoch ``e`` on rank ``r`` is seeded by
+    padding, and a horizontal flip with probability 1/2 (``hflip``), done on the whole batch with one gather.
+    Randomness of batch ``b`` of epoch ``e`` on rank ``r`` is seeded by
     ``(seed, e, r, b)``. Normal mode augments in the main process after the workers' fetch; ``on_device`` on the device.
 
     **Shuffling, sharding and resuming.** Each epoch's order is a permutation seeded by ``(seed, epoch)`` (never the
@@ -326,7 +326,7 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     in order (under DDP Lightning's sampler, or in ``on_device`` mode the same padding rule, pads the shards).
 
     **Hooks and cost.** ``prepare_data`` finds (or downloads) the files on one process per node; ``setup`` parses
-    them (cached per process) and splits (~0.5 s); the ``*_dataloader`` methods build the loaders. Lightning calls
+    them (cached per process) and splits; the ``*_dataloader`` methods build the loaders. Lightning calls
     ``train_dataloader().sampler.set_epoch(epoch)`` at every epoch start; outside Lightning call it yourself (the
     order is otherwise epoch 0's every time). Under DDP the loader state saved by rank 0 is valid on every rank (all
     ranks run the same number of batches). Logs nothing.
