@@ -53,20 +53,10 @@ def clip_coefficient(max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
-def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
-    """Rescale ``grads`` in place by ``min(max_norm / (total_norm + 1e-6), 1)``; no host sync.
+def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor | None:
+    """Rescale ``grads`` in place by ``min(max_norm / (total_norm + 1e-6), 1)``; no host sync on an accelerator.
 
     Unlike :func:`torch.nn.utils.clip_grads_with_norm_`, ``max_norm`` may be a device tensor (AutoClip's threshold).
-
-    Returns:
-        A 0-dim float tensor, ``1.0`` if the gradients were scaled down, else ``0.0``.
-    """
-    clip_to_max_norm_(grads, max_norm, total_norm)
-    return (total_norm > max_norm).float()
-
-
-def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor | None:
-    """:func:`scale_to_max_norm_` without the indicator.
 
     Returns:
         The factor the gradients were multiplied by, or ``None`` when they were left untouched (a factor of 1).

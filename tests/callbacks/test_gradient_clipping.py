@@ -40,7 +40,6 @@ from lightning_tricks.callbacks.gradient_clipping import (
     adaptive_clip_grad_,
     autoclip_threshold,
     clip_to_max_norm_,
-    scale_to_max_norm_,
 )
 
 
@@ -82,11 +81,11 @@ _trainer = partial(tiny_trainer, **TRAIN_ONLY_ON_CPU, limit_train_batches=4)
 
 def test_maths_on_hand_computed_tensors() -> None:
     grads = [torch.tensor([3.0]), torch.tensor([4.0])]  # total norm 5
-    clipped = scale_to_max_norm_(grads, 1.0, torch.tensor(5.0))
+    coef = clip_to_max_norm_(grads, 1.0, torch.tensor(5.0))
     torch.testing.assert_close(torch.cat(grads), torch.tensor([0.6, 0.8]), rtol=1e-5, atol=0)
-    assert clipped.item() == 1.0
+    assert coef is not None and coef.item() == pytest.approx(0.2, rel=1e-5)
     grads = [torch.tensor([0.3, 0.4])]
-    assert scale_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)).item() == 0.0
+    assert clip_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)) is None
     torch.testing.assert_close(grads[0], torch.tensor([0.3, 0.4]))
 
     # On the CPU a norm within the threshold writes nothing (factor exactly 1); a clipped or non-finite one does.
