@@ -13,8 +13,8 @@ def destroy_process_group_if_alive() -> None:
     (``lightning.fabric.utilities.distributed._init_dist_connection``). A gloo group (CPU DDP, ``ddp_spawn``) left alive
     until interpreter finalization can abort the process with "terminate called without an active exception"
     (SIGABRT; pytorch/pytorch#190489): the worker has already returned its results, yet ``torch.multiprocessing``
-    reports the rank as crashed and ``Trainer.fit`` raises ``ProcessExitedException``. We saw it in about one
-    ``ddp_spawn`` run in twenty on a 2-core machine.
+    reports the rank as crashed and ``Trainer.fit`` raises ``ProcessExitedException``, in an occasional
+    ``ddp_spawn`` run.
     """
     dist = sys.modules.get("torch.distributed")
     if dist is None:  # torch.distributed never imported: no group can exist, and importing torch at exit is noisy

@@ -1,10 +1,11 @@
-"""What a person sees in TensorBoard's HPARAMS and CUSTOM SCALARS tabs (private; used by ``Classifier``).
+"""Everything TensorBoard-specific in the package: the HPARAMS record, custom-scalar layouts, text, histograms and the
+one-event scalar writes of the callbacks. Other loggers never reach this module's writers (each helper skips them).
 
-Each run records its configuration as a TensorBoard *session* (hparams plugin ``session_start_info``): the model's and
-data module's arguments, plus what tells runs apart and Lightning does not record: the run's full name, the callbacks
-with their options, and the key trainer settings (:func:`run_hparams`). Values are written as TensorBoard shows them
-best: numbers stay numbers; booleans, ``None``, lists and objects become short readable strings (a boolean written as
-a number shows as ``0.0000`` / ``1.0000``).
+**HPARAMS** (written by ``Classifier``). Each run records its configuration as a TensorBoard *session* (hparams plugin
+``session_start_info``): the model's and data module's arguments, plus what tells runs apart and Lightning does not
+record: the run's full name, the callbacks with their options, and the key trainer settings (:func:`run_hparams`).
+Values are written as TensorBoard shows them best: numbers stay numbers; booleans, ``None``, lists and objects become
+short readable strings (a boolean written as a number shows as ``0.0000`` / ``1.0000``).
 
 Which columns the HPARAMS tab shows first is decided by the *experiment* record (``_hparams_/experiment``): TensorBoard
 takes the first one it finds, sorts its columns with ``differs`` first and shows the first five. A record written by a
@@ -20,21 +21,32 @@ accuracy and learning rate: TensorBoard merges the layouts of all runs in run-na
 
 A TensorBoard server that is already running keeps the experiment record it read first; reload the page after
 restarting the server to see the columns of runs started since.
+
+**Custom scalars** (the "readable at any size" rule). TensorBoard keeps ONE custom-scalar layout per run (the last one
+written), so the callbacks of a run register their categories (:func:`register_custom_scalars`, in ``on_fit_start``)
+and the merged layout is written once (:func:`write_custom_scalars`, in ``on_train_start``).
+
+**Text and histograms.** A constant (a threshold, a decay) is written once as text (:func:`add_text`), not as a flat
+chart; histograms are binned on the device and written raw (:func:`add_histograms`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
-from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
 
 HParam = bool | int | float | str
 
@@ -134,6 +146,8 @@ def run_hparams(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, HP
         params["run"] = Path(os.path.relpath(logger.log_dir, logger.save_dir)).as_posix()
     # Display and bookkeeping callbacks say nothing about the training (LightningCLI's SaveConfigCallback holds the
     # whole parser; the config it saves is in the run's config.yaml).
+    from lightning.pytorch.cli import SaveConfigCallback  # jsonargparse: only where a run record is written
+
     shown = [c for c in trainer.callbacks if not isinstance(c, (ProgressBar, ModelSummary, SaveConfigCallback))]
     params["callbacks"] = ", ".join(type(c).__name__ for c in shown) or "none"
     for callback in shown:
@@ -328,3 +342,150 @@ def log_run_record(
         writer.add_summary(experiment_summary(sessions, metrics, list(params)))
         for folder in local:
             write_summary_run(folder, metrics, first=list(params))
+
+
+# ---------------------------------------------------------------------------------------------- the callbacks' extras
+def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
+    """The ``SummaryWriter`` of every ``TensorBoardLogger`` of the trainer, on global rank zero; ``[]`` otherwise."""
+    if not trainer.is_global_zero:
+        return []
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def event_file_writer(logger: Any) -> Any:
+    """The event file writer behind a ``TensorBoardLogger`` using torch's ``SummaryWriter``; ``None`` for any other
+    logger, and for a subclass with its own ``log_metrics`` (which must see every value)."""
+    if not isinstance(logger, TensorBoardLogger) or type(logger).log_metrics is not TensorBoardLogger.log_metrics:
+        return None
+    get = getattr(logger.experiment, "_get_file_writer", None)  # torch.utils.tensorboard.SummaryWriter
+    return get() if callable(get) else None
+
+
+def write_scalars(logger: TensorBoardLogger, writer: Any, metrics: Mapping[str, float], step: int) -> None:
+    """Write host floats as ONE event (a ``Summary`` with one value per key) to ``writer``, the
+    :func:`event_file_writer` of ``logger``, with the logger's prefix applied as its own ``log_metrics`` does.
+
+    TensorBoard reads it as the one event per key that ``log_metrics`` writes (the same tags, steps and values), for
+    a fraction of the cost when a callback logs dozens of values at once.
+    """
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    prefixed = _add_prefix(dict(metrics), logger._prefix, logger.LOGGER_JOIN_CHAR)
+    values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in prefixed.items()]
+    writer.add_summary(Summary(value=values), step)
+
+
+def histogram_stats(tensors: Sequence[Tensor], bins: int = 64) -> Tensor:
+    """Histograms of many tensors computed on their device, as one ``[len(tensors), 5 + bins]`` float tensor.
+
+    Row ``i`` holds ``min, max, count, sum, sum of squares`` of ``tensors[i]`` followed by the counts of ``bins``
+    equal-width buckets spanning ``[min, max]``. Non-finite values are left out. No host synchronization
+    (``torch.histc`` of the values rescaled to ``[0, 1]``, so its bounds are Python constants).
+    """
+    rows = []
+    for tensor in tensors:
+        values = tensor.detach().reshape(-1).float()
+        finite = torch.isfinite(values)
+        inf = torch.tensor(math.inf, device=values.device)
+        low, high = torch.where(finite, values, inf).min(), torch.where(finite, values, -inf).max()
+        low, high = torch.where(finite.any(), low, 0.0), torch.where(finite.any(), high, 0.0)  # all non-finite
+        kept = torch.where(finite, values, 0.0)
+        # Non-finite values go to -1, outside histc's [0, 1]: they are not counted.
+        scaled = torch.where(finite, (kept - low) / (high - low).clamp_min(torch.finfo(torch.float32).tiny), -1.0)
+        counts = torch.histc(scaled, bins=bins, min=0.0, max=1.0)
+        head = torch.stack([low, high, finite.sum().float(), kept.sum(), kept.square().sum()])
+        rows.append(torch.cat([head, counts]))
+    return torch.stack(rows)
+
+
+def add_histograms(trainer: pl.Trainer, tensors: Mapping[str, Tensor], step: int, bins: int = 64) -> bool:
+    """Write ``{tag: tensor}`` as TensorBoard histograms at ``step``; returns ``False`` (and does nothing) without
+    TensorBoard.
+
+    The buckets are counted on the tensors' device (:func:`histogram_stats`) and copied to the host in ONE transfer
+    (a deliberate sync: call it only on the rare histogram steps), then written with ``add_histogram_raw``, instead of
+    ``SummaryWriter.add_histogram``, which copies each tensor to the host and bins it with NumPy.
+    """
+    writers = tensorboard_writers(trainer)
+    if not writers or not tensors:
+        return bool(writers)
+    devices: dict[torch.device, list[str]] = {}
+    for tag, tensor in tensors.items():
+        devices.setdefault(tensor.device, []).append(tag)
+    for tags in devices.values():
+        table = histogram_stats([tensors[tag] for tag in tags], bins).cpu().tolist()  # the one sync per device
+        for tag, row in zip(tags, table, strict=True):
+            low, high, num, total, total_sq = row[:5]
+            width = (high - low) / bins
+            limits = [low + width * (i + 1) for i in range(bins)]
+            for writer in writers:
+                writer.add_histogram_raw(tag, low, high, num, total, total_sq, limits, row[5:], global_step=step)
+    return True
+
+
+def add_text(trainer: pl.Trainer, tag: str, text: str) -> bool:
+    """Write a constant (a threshold, a decay) once as TensorBoard text at step 0, instead of a flat chart."""
+    writers = tensorboard_writers(trainer)
+    for writer in writers:
+        writer.add_text(tag, text, global_step=0)
+    return bool(writers)
+
+
+#: Where each family's category goes in the one layout of a run (others follow in registration order).
+CATEGORY_ORDER = (
+    "gradient health",
+    "gradient norm per parameter",
+    "weight norm per parameter",
+    "update / weight ratio per parameter",
+    "activations",
+)
+_LAYOUT = "_lightning_tricks_layout"  # attributes of a SummaryWriter: its run's layout, and what was written
+_WRITTEN = "_lightning_tricks_layout_written"
+
+
+def register_custom_scalars(trainer: pl.Trainer, category: str, charts: Mapping[str, Sequence[str]]) -> bool:
+    """Add charts to the custom-scalar layout of the run (written later by :func:`write_custom_scalars`).
+
+    Registrations are merged per ``SummaryWriter``: charts of the same title in the same category get the union of
+    their tag regexes. Each chart is a ``Multiline`` of every tag matching one of its regexes. Titles hold nothing
+    run-specific (no threshold value): TensorBoard merges the layouts of all runs by category and chart title, so such
+    a title would make one chart per run. Returns ``False`` (and does nothing) without a ``TensorBoardLogger``.
+    """
+    writers = tensorboard_writers(trainer)
+    for writer in writers:
+        layout = writer.__dict__.setdefault(_LAYOUT, {}).setdefault(category, {})
+        for title, regexes in charts.items():
+            merged = layout.setdefault(title, [])
+            merged.extend(r for r in regexes if r not in merged)
+    return bool(writers)
+
+
+def write_custom_scalars(trainer: pl.Trainer) -> bool:
+    """Write the merged layout of each TensorBoard run once (call it in ``on_train_start``, after every callback
+    registered in ``on_fit_start``; later calls write again only if the layout grew). Returns whether a layout was
+    written now."""
+    written = False
+    for writer in tensorboard_writers(trainer):
+        layout = writer.__dict__.get(_LAYOUT, {})
+        snapshot = repr(layout)
+        if not layout or writer.__dict__.get(_WRITTEN) == snapshot:
+            continue
+        rank = {c: CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else len(CATEGORY_ORDER) for c in layout}
+        proto = {
+            category: {title: ["Multiline", list(regexes)] for title, regexes in layout[category].items()}
+            for category in sorted(layout, key=rank.__getitem__)  # stable: unknown categories keep their order
+        }
+        writer.add_custom_scalars(proto)
+        writer.__dict__[_WRITTEN] = snapshot
+        written = True
+    return written
+
+
+_REGEX_SPECIALS = re.compile(r"([.^$*+?{}\[\]\\|()])")
+
+
+def tag_regex(tags: Iterable[str]) -> str:
+    """One regex matching exactly these tags (labels hold ``(``, ``.`` and ``→``). Only the metacharacters common to
+    Python's and JavaScript's regexes are escaped (``re.escape`` also escapes spaces, which a JavaScript regex with
+    the unicode flag rejects)."""
+    return "^(" + "|".join(_REGEX_SPECIALS.sub(r"\\\1", t) for t in tags) + ")$"

@@ -34,6 +34,8 @@ from typing import Any
 
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
+from lightning_tricks._validation import check_choice
+
 #: Tags drawn by default (those present in the runs).
 DEFAULT_TAGS: tuple[str, ...] = ("train/loss_epoch", "val/loss", "val/acc")
 #: Tags whose last value makes the columns of the table by default (those present in the runs).
@@ -342,8 +344,7 @@ def report(
             matches no run, or ``name`` is given with several ``RUN_DIR``.
         FileNotFoundError: a ``RUN_DIR`` that does not exist or holds no scalars.
     """
-    if x not in ("epoch", "step"):
-        raise ValueError(f"Expected argument `x` to be one of ['epoch', 'step'], but got {x!r}.")
+    check_choice("x", x, ("epoch", "step"))
     if profile is not None:
         try:
             groups = re.compile(profile).groups

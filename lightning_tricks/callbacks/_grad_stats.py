@@ -1,4 +1,5 @@
-"""Per-step gradient statistics computed once and shared by the callbacks that read gradients (design rule 10).
+"""Per-step gradient statistics computed once and shared by the callbacks that read gradients (the "shared gradient
+statistics" rule of the design).
 
 ``GradientHealth``, ``GradientClipping`` and ``WeightNormMonitor`` all need the per-parameter L2 norms of the
 gradients, and their total, in ``on_before_optimizer_step``. :func:`grad_stats` computes them with ONE
@@ -6,7 +7,7 @@ gradients, and their total, in ``on_before_optimizer_step``. :func:`grad_stats` 
 every caller of that step, so three callbacks cost one pass over the gradients. Each callback still works alone: the
 first caller of a step computes, the others reuse.
 
-**Which step.** Statistics belong to one optimizer (design rule 7: a GAN's two optimizers never share them) and to
+**Which step.** Statistics belong to one optimizer (the step rule: a GAN's two optimizers never share them) and to
 its *current* gradients: the cache remembers the gradient tensors (weakly, so no gradient memory is kept alive) and
 their in-place version counters (``Tensor._version``). A new backward, ``zero_grad``, a skipped update
 (``GradientHealth`` sets the gradients to ``None``) or any in-place change (a ``WeightDecay(mode="l2")`` penalty,
@@ -24,6 +25,10 @@ clipping by value or AGC the pre-clip norms are gone: put the monitors before su
 65504 does not read as ``inf``), ``total = vector_norm(norms)``: exactly what ``clip_grad_norm_(foreach=True)`` and
 ``get_total_norm`` compute for float32 / float64 gradients, in the module's parameter order.
 
+**Layout.** :class:`GradLayout` holds the parameters of an optimizer that have a gradient, their names and their
+layers, with the layer index tensor made once per device; :class:`GradLayoutCache` rebuilds it only when that set
+changes (checked with one cheap pass over the optimizer's parameters).
+
 **Cost.** Per optimizer step: one ``_foreach_norm`` and two tiny kernels (stack, total) for the first caller; for
 every caller a Python pass over the optimizer's parameters (the cache check). No host sync.
 
@@ -35,6 +40,7 @@ with several), by one owner: the first ``WeightNormMonitor`` of ``trainer.callba
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,10 +49,122 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_tricks.callbacks._monitoring import GradLayout, GradLayoutCache, write_custom_scalars
+from lightning_tricks._tensorboard import write_custom_scalars
+from lightning_tricks.callbacks._names import group_indices, named_optimizer_params
 from lightning_tricks.callbacks._steps import unwrap
 
+#: The one logged key of the total gradient norm, and its chart in the "gradient health" category of the layout.
 TOTAL_NORM_KEY = "grad_norm/total"
+TOTAL_NORM_CHART = "total gradient norm (before clipping)"
+
+
+def index_tensor(values: Sequence[int], device: torch.device) -> Tensor:
+    """An int64 tensor of ``values`` on ``device``.
+
+    On CUDA the values go through a pinned staging buffer with ``non_blocking=True``: a pageable, blocking copy would
+    synchronize the host with the device (and fail under ``torch.cuda.set_sync_debug_mode("error")``).
+    """
+    cpu = torch.tensor(list(values), dtype=torch.long)
+    if device.type == "cuda":
+        return cpu.pin_memory().to(device, non_blocking=True)  # the caching host allocator keeps it alive until copied
+    return cpu.to(device)
+
+
+def group_norms(norms: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
+    """Combine per-tensor L2 norms into per-group L2 norms: ``sqrt(sum of squares)`` over each group's indices."""
+    order = [i for members in groups for i in members]
+    index = index_tensor([g for g, members in enumerate(groups) for _ in members], norms.device)
+    squares = torch.zeros(len(groups), device=norms.device, dtype=norms.dtype)
+    if order != list(range(norms.shape[0])):  # groups are not the plain partition 0..P-1 in order: gather first
+        norms = norms[index_tensor(order, norms.device)]
+    return squares.index_add_(0, index, norms.square()).sqrt()
+
+
+@dataclass(eq=False)
+class GradLayout:
+    """The parameters of one optimizer that have a gradient, in module order, grouped by layer (``layer_name``).
+
+    Attributes:
+        names: parameter names, as in ``pl_module.named_parameters()``.
+        params: the parameters, same order.
+        layers: layer names in first-seen order.
+        layer_of: the position in ``layers`` of each parameter's layer.
+        float32: whether every parameter (hence every gradient) is float32.
+        half: whether some parameter is float16 / bfloat16 (norms of such gradients are best taken in float32).
+    """
+
+    names: list[str]
+    params: list[torch.nn.Parameter]
+    layers: list[str]
+    layer_of: list[int]
+    float32: bool
+    half: bool = False
+    _index: dict[torch.device, Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_named(cls, named: Sequence[tuple[str, torch.nn.Parameter]]) -> GradLayout:
+        """Group ``(name, param)`` pairs by layer."""
+        groups = group_indices(n for n, _ in named)
+        layer_of = [0] * len(named)
+        for g, members in enumerate(groups.values()):
+            for i in members:
+                layer_of[i] = g
+        float32 = all(p.dtype == torch.float32 for _, p in named)
+        half = any(p.dtype in (torch.float16, torch.bfloat16) for _, p in named)
+        return cls([n for n, _ in named], [p for _, p in named], list(groups), layer_of, float32, half)
+
+    def grads(self) -> list[Tensor]:
+        """The current gradients (new tensor objects after each ``zero_grad(set_to_none=True)``)."""
+        return [p.grad for p in self.params]  # type: ignore[misc]
+
+    def layer_index(self, device: torch.device) -> Tensor:
+        """``layer_of`` as an int64 tensor on ``device``, made once per device (no per-step host-to-device copy)."""
+        index = self._index.get(device)
+        if index is None:
+            index = self._index[device] = index_tensor(self.layer_of, device)
+        return index
+
+    def layer_norms(self, norms: Tensor) -> Tensor:
+        """Per-layer L2 norms from per-tensor L2 norms: ``(..., P) -> (..., L)``, 4 kernels, no host sync."""
+        sums = norms.new_zeros((*norms.shape[:-1], len(self.layers)))
+        return sums.index_add_(-1, self.layer_index(norms.device), norms.square()).sqrt()
+
+
+class GradLayoutCache:
+    """:class:`GradLayout` per optimizer, rebuilt only when the set of parameters with a gradient changes.
+
+    The check each call is one pass over the optimizer's parameters building a tuple of the ids of those that require
+    and have a gradient (the cache holds them, so their ids cannot be reused); walking ``named_parameters()`` and
+    grouping happen only when that tuple changes (first step, frozen / unfrozen layers, ``add_param_group``).
+    Renaming a module without changing its parameters is not detected.
+
+    Example::
+
+        layouts = GradLayoutCache()
+        layout = layouts.get(pl_module, optimizer)  # None when no parameter has a gradient
+        norms = torch.stack(torch._foreach_norm(layout.grads()))
+        per_layer = layout.layer_norms(norms)
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[tuple[int, ...], GradLayout | None]] = {}
+
+    def get(self, pl_module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> GradLayout | None:
+        """The layout of ``optimizer``'s parameters that have a gradient now; ``None`` if there are none."""
+        key = (id(pl_module), *(
+            id(p) for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p.grad is not None
+        ))  # fmt: skip
+        hit = self._cache.get(id(optimizer))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        named = [(n, p) for n, p in named_optimizer_params(pl_module, optimizer) if p.grad is not None]
+        layout = GradLayout.from_named(named) if named else None
+        self._cache[id(optimizer)] = (key, layout)
+        return layout
+
+    def clear(self) -> None:
+        """Forget every layout (and the references to the parameters)."""
+        self._cache.clear()
 
 
 @dataclass(eq=False)

@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_tricks._validation import invalid
+
 ForwardFn = Callable[[nn.Module, Any], Any]
 
 
@@ -142,7 +144,6 @@ def resolve_forward_fn(value: ForwardFn | str | None) -> ForwardFn:
             ) from err
         if callable(found):
             return found
-    raise ValueError(
-        "Expected argument `lsuv_forward_fn` to be a callable `(module, batch) -> output` or the dotted import path of"
-        f" one (e.g. 'my_project.init.run_generator'), but got {value!r}."
-    )
+    allowed = "a callable `(module, batch) -> output` or the dotted import path of one"
+    allowed += " (e.g. 'my_project.init.run_generator')"
+    raise invalid("lsuv_forward_fn", allowed, value)

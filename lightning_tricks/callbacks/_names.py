@@ -1,4 +1,5 @@
-"""Readable names of layers and parameters for logged keys and chart titles (private; for the monitors to adopt).
+"""Names and grouping of layers and parameters: readable labels for logged keys and chart titles, and which
+parameters belong to which layer and optimizer (the "readable at any size" rule of the design).
 
 ``net.1/mean`` says nothing about which layer it is; ``net.1 Linear(784→1024)`` does. :func:`module_label` names a
 submodule or a parameter of a model by its path (as ``named_modules`` / ``named_parameters`` give it) followed by its
@@ -16,10 +17,16 @@ type gives no shape also shows its own (``scale [64]``). Parametrized modules (`
 ``weight_norm``) are named by their original class, and the ``parametrizations.<name>.original<k>`` part of a path is
 resolved to the module that holds it. Wrappers keep their paths (``_orig_mod.`` of ``torch.compile``, ``module.`` of
 DDP): the label names what the optimizer and the hooks see.
+
+Grouping: a parameter's layer is the module that owns it (:func:`layer_name`); :func:`group_indices` groups parameter
+names by layer and :func:`named_optimizer_params` lists the named parameters an optimizer updates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -129,3 +136,31 @@ def parameter_labels(root: nn.Module) -> dict[str, str]:
     labels = {path: f"{path} {module_type(module)}" for path, module in modules.items() if path}
     labels.update({path: _parameter_label(path, param, modules) for path, param in root.named_parameters()})
     return labels
+
+
+def layer_name(param_name: str) -> str:
+    """The module that owns a parameter: ``"net.0.weight"`` -> ``"net.0"``; a root-level parameter -> ``"<root>"``."""
+    head, _, _ = param_name.rpartition(".")
+    return head or "<root>"
+
+
+def group_indices(names: Iterable[str]) -> dict[str, list[int]]:
+    """``{layer: [indices of its parameters]}`` for parameter names, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(layer_name(name), []).append(i)
+    return groups
+
+
+def named_optimizer_params(
+    pl_module: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """``(name, param)`` for the trainable parameters of ``pl_module`` that ``optimizer`` updates (all if ``None``).
+
+    Names are those of ``pl_module.named_parameters()`` (no DDP ``module.`` prefix); order follows the module.
+    """
+    named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+    if optimizer is None:
+        return named
+    in_opt = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [(n, p) for n, p in named if id(p) in in_opt]

@@ -1,4 +1,4 @@
-"""What "a step" means to every callback of this package (design rule 7), in one place.
+"""What "a step" means to every callback of this package (the step rule of the design), in one place.
 
 **The rule.** A step is one optimizer step of one optimizer: one call of that optimizer's ``step()`` that was reached
 with at least one gradient. Hence:
@@ -129,8 +129,8 @@ class OptimizerSteps:
         return {"optimizer_steps": list(self.counts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (a checkpoint without it keeps the current counts)."""
-        self.counts = [int(c) for c in state.get("optimizer_steps", self.counts)]
+        """Restore :meth:`state_dict`."""
+        self.counts = [int(c) for c in state["optimizer_steps"]]
 
 
 def optimizer_index(trainer: pl.Trainer, optimizer: Any) -> int:

@@ -14,22 +14,16 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_tricks._tensorboard import register_custom_scalars, write_custom_scalars
+from lightning_tricks._validation import check_every_n, check_float, invalid
+from lightning_tricks.callbacks._base import TrickCallback
 from lightning_tricks.callbacks._compiled import run_eagerly, strip_compiled_name
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
-    is_logging_step,
-    log_metrics,
-    register_custom_scalars,
-    resolve_every_n_steps,
-    validate_every_n,
-    write_custom_scalars,
-)
+from lightning_tricks.callbacks._logging import is_logging_step, log_metrics, resolve_every_n_steps
 from lightning_tricks.callbacks._names import module_type
 
 ActivationKind = Literal["rectifier", "tanh", "sigmoid", "other"]
@@ -103,7 +97,7 @@ def activation_statistics(x: Tensor, kind: ActivationKind = "other", saturation_
     return _finish(moments, torch.tensor([float(x.numel())], device=x.device))[0]
 
 
-class ActivationStats(Callback):
+class ActivationStats(TrickCallback):
     """Log per-layer activation mean, std, dead-unit fraction (ReLU) and saturation (tanh / sigmoid).
 
     Forward hooks are registered in ``on_train_batch_start`` of a logging step only and removed in
@@ -172,17 +166,11 @@ class ActivationStats(Callback):
         for name in names:
             cls = getattr(nn, name, None) if isinstance(name, str) else None
             if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-                raise ValueError(
-                    f"Expected `layer_types` to be `torch.nn` module class names such as 'Linear', 'Conv2d' or 'ReLU',"
-                    f" but got {name!r}."
-                )
+                allowed = "`torch.nn` module class names such as 'Linear', 'Conv2d' or 'ReLU'"
+                raise invalid("layer_types", allowed, name)
             types.append(cls)
-        validate_every_n("log_every_n_steps", log_every_n_steps)
-        if not 0.5 < saturation_threshold < 1.0:
-            raise ValueError(
-                f"Expected `saturation_threshold` to be a float in the open interval (0.5, 1),"
-                f" but got {saturation_threshold!r}."
-            )
+        check_every_n("log_every_n_steps", log_every_n_steps)
+        check_float("saturation_threshold", saturation_threshold, 0.5, 1, low_open=True, high_open=True)
         self.layer_types = tuple(types)
         self.include = list(include) if include is not None else None
         self.exclude = list(exclude or [])
@@ -195,7 +183,6 @@ class ActivationStats(Callback):
         self._records: dict[str, tuple[Tensor, int]] = {}
         self._restore_compiled: Any = None
         self._warned_silent = False
-        skip_unused_batch_hooks(self)
 
     def select_layers(self, module: nn.Module) -> dict[str, nn.Module]:
         """The watched submodules of ``module`` by qualified name."""
@@ -211,11 +198,15 @@ class ActivationStats(Callback):
         return chosen
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def reset_fit_state(self) -> None:
         self.last_stats = {}  # a reused instance reports only this fit's statistics
         self._warned_silent = False
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
         self._layers = self.select_layers(pl_module)
         self._labels = {name: f"{name} {module_type(layer)}" for name, layer in self._layers.items()}
         if not self._layers:

@@ -18,9 +18,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks.ema import EMA
+from lightning_tricks._validation import check_choice, check_float, check_int
+from lightning_tricks.callbacks._base import StrategyRefusal, TrickCallback
+from lightning_tricks.callbacks._protocols import HoldsAveragedWeights
 
 
 def cpu_state_copy(module: nn.Module) -> dict[str, Tensor]:
@@ -40,7 +40,7 @@ def is_improvement(current: Tensor, best: Tensor, min_delta: float, mode: Litera
     return bool(torch.isfinite(current) & better)
 
 
-class EarlyStopping(_LightningEarlyStopping):
+class EarlyStopping(TrickCallback, _LightningEarlyStopping):
     r"""Lightning's ``EarlyStopping`` plus ``restore_best_weights`` and ``start_from_epoch``.
 
     The check runs where Lightning's runs: ``on_train_epoch_end`` when validation runs every epoch, otherwise
@@ -68,6 +68,8 @@ class EarlyStopping(_LightningEarlyStopping):
     ran on the averaged weights, so the copy is taken from EMA's averaged weights, the ones the metric was measured
     on, and the restore at the end of training wins over EMA's own end-of-training copy. After ``fit`` the module
     holds the averaged weights of the best check, and ``trainer.validate()`` / ``trainer.test()`` evaluate them.
+    The same holds for any callback with an ``averaged_module()`` method, a user's own included
+    (:class:`~lightning_tricks.callbacks._protocols.HoldsAveragedWeights`).
 
     Steps: patience counts validation checks, not optimizer steps, so the package's step rule
     (:mod:`lightning_tricks.callbacks._steps`) does not enter; several optimizers, accumulation and skipped batches
@@ -114,6 +116,11 @@ class EarlyStopping(_LightningEarlyStopping):
         trainer.fit(model)  # model now holds the weights of the best validation check
     """
 
+    strategy_policy = StrategyRefusal(
+        "with restore_best_weights=True each rank would keep and restore only its shard of the weights",
+        "Use restore_best_weights=False with ModelCheckpoint(monitor=...) and load the best checkpoint.",
+    )
+
     def __init__(
         self,
         monitor: str,
@@ -130,11 +137,10 @@ class EarlyStopping(_LightningEarlyStopping):
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"Expected argument `mode` to be one of 'min', 'max', but got {mode!r}.")
-        for name, value in (("min_delta", min_delta), ("patience", patience), ("start_from_epoch", start_from_epoch)):
-            if value < 0:
-                raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value}.")
+        check_choice("mode", mode, ("min", "max"))
+        check_float("min_delta", min_delta, 0)
+        check_int("patience", patience, 0)
+        check_int("start_from_epoch", start_from_epoch, 0)
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,
@@ -153,24 +159,18 @@ class EarlyStopping(_LightningEarlyStopping):
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self._check_on_train_epoch_end_arg = check_on_train_epoch_end
-        skip_unused_batch_hooks(self)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.restore_best_weights:
-            refuse_sharded(
-                self,
-                trainer,
-                "with restore_best_weights=True each rank would keep and restore only its shard of the weights",
-                "Use restore_best_weights=False with ModelCheckpoint(monitor=...) and load the best checkpoint.",
-            )
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
-            inf = torch.tensor(torch.inf)  # Lightning's initial values
-            self.wait_count, self.stopped_epoch, self.best_score = 0, 0, inf if self.monitor_op == torch.lt else -inf
-            self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
-            self.best_weights, self.best_epoch = None, None
-        super().setup(trainer, pl_module, stage)
+    def strategy_refusal(self, stage: str) -> StrategyRefusal | None:
+        return self.strategy_policy if self.restore_best_weights else None  # without it sharded strategies work
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
+        inf = torch.tensor(torch.inf)  # Lightning's initial values
+        self.wait_count, self.stopped_epoch, self.best_score = 0, 0, inf if self.monitor_op == torch.lt else -inf
+        self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
+        self.best_weights, self.best_epoch = None, None
 
     @override
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
@@ -190,12 +190,13 @@ class EarlyStopping(_LightningEarlyStopping):
             self.best_epoch = trainer.current_epoch
 
     def _evaluated_weights(self, trainer: pl.Trainer) -> dict[str, Tensor]:
-        """A host copy of the weights the last validation evaluated (EMA's average when an EMA swapped it in), with
-        rank 0's buffers on every rank."""
+        """A host copy of the weights the last validation evaluated (the average when a callback holding averaged
+        weights, such as ``EMA``, swapped it in), with rank 0's buffers on every rank."""
         module: nn.Module = trainer.lightning_module
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(cb, EMA) and cb.averaged_module() is not None:
-                module = cb.averaged_module()  # type: ignore[assignment]
+            averaged = cb.averaged_module() if isinstance(cb, HoldsAveragedWeights) else None
+            if averaged is not None:
+                module = averaged
         state = cpu_state_copy(module)
         if trainer.world_size > 1:
             # BatchNorm statistics differ per rank (each rank normalizes its own batches): take rank 0's, so that

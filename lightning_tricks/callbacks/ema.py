@@ -10,6 +10,7 @@ in for validation, copies it into the model when training ends and stores it in 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +23,11 @@ from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import add_text, trainer_logs_now
+from lightning_tricks._tensorboard import add_text
+from lightning_tricks._validation import check_float, check_int, invalid
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
+from lightning_tricks.callbacks._logging import trainer_logs_now
+from lightning_tricks.callbacks._protocols import RestoresBestWeights
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
 
@@ -60,7 +63,7 @@ def _group_pairs(averaged: Sequence[Tensor], current: Sequence[Tensor]) -> list[
     return list(groups.values())
 
 
-class EMA(WeightAveraging):
+class EMA(TrickCallback, WeightAveraging):
     r"""Keep an exponential moving average of the weights; validate, checkpoint and end training with it.
 
     Right after every optimizer step selected by ``update_every_n_steps`` / ``update_starting_at_step`` (a torch
@@ -75,7 +78,7 @@ class EMA(WeightAveraging):
     give the averaged model, and resuming continues both exactly), and when training ends the averaged weights are
     copied into the module. Until the first update, the module's own weights are used.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Each optimizer has its own step count, update count and warmup: in a GAN the generator's weights are
     averaged after each generator step and the discriminator's after each discriminator step, so
     ``update_every_n_steps=2`` updates each every second step of its own. Accumulation micro-batches, skipped batches
@@ -86,6 +89,8 @@ class EMA(WeightAveraging):
     :class:`~lightning_tricks.callbacks.EarlyStopping` ``(restore_best_weights=True)`` in the same Trainer, in any
     list order: the metric it monitors was measured on the averaged weights, so it keeps the averaged weights of its
     best check, and those are what the module holds after ``fit`` (the restore wins over this end-of-training copy).
+    The same holds for any callback with a ``will_restore()`` method, a user's own included
+    (:class:`~lightning_tricks.callbacks._protocols.RestoresBestWeights`).
 
     Precision: under ``bf16-true`` / ``16-true`` the average stays in float32 (a half-precision average would round
     away updates of size ``(1 - d) * w``) and is cast to the module's dtype when it is copied in; under ``64-true``
@@ -124,6 +129,11 @@ class EMA(WeightAveraging):
         trainer.fit(model)  # validation and the saved checkpoints use the averaged weights
     """
 
+    strategy_policy = StrategyRefusal(
+        "the averaged copy would be a full, unsharded copy of the module on every rank",
+        "Use a DDP strategy, or Lightning's EMAWeightAveraging where it supports your strategy.",
+    )
+
     def __init__(
         self,
         decay: float = 0.999,
@@ -133,25 +143,14 @@ class EMA(WeightAveraging):
         device: str | None = None,
         use_buffers: bool = True,
     ) -> None:
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"Expected argument `decay` to be a float in the [0, 1] range, but got {decay}.")
-        if update_every_n_steps < 1:
-            raise ValueError(
-                f"Expected argument `update_every_n_steps` to be an integer >= 1, but got {update_every_n_steps}."
-            )
-        if update_starting_at_step is not None and update_starting_at_step < 0:
-            raise ValueError(
-                "Expected argument `update_starting_at_step` to be None or an integer >= 0,"
-                f" but got {update_starting_at_step}."
-            )
+        check_float("decay", decay, 0, 1)
+        check_int("update_every_n_steps", update_every_n_steps, 1)
+        check_int("update_starting_at_step", update_starting_at_step, 0, allow_none=True)
         if device is not None:
             try:
                 torch.device(device)
             except (RuntimeError, TypeError) as error:
-                raise ValueError(
-                    f"Expected argument `device` to be None or a torch device string such as 'cpu' or 'cuda:0',"
-                    f" but got {device!r}."
-                ) from error
+                raise invalid("device", "None or a torch device string such as 'cpu' or 'cuda:0'", device) from error
         # No averaging function goes to AveragedModel: its `update_parameters` reads `n_averaged` on the host twice
         # per call (a synchronization on GPUs), so the updates are done here with host-side counters.
         super().__init__(device=device, use_buffers=use_buffers)
@@ -161,14 +160,14 @@ class EMA(WeightAveraging):
         self.update_starting_at_step = update_starting_at_step
         self._steps = OptimizerSteps(on_step=self._after_step)
         self._module: pl.LightningModule | None = None  # during fit, for the step hooks
-        self._reset()
-        skip_unused_batch_hooks(self)
+        self._opts = PerOptimizer(_OptimizerAverage)
+        self.reset_fit_state()
 
-    def _reset(self) -> None:
+    @override
+    def reset_fit_state(self) -> None:
         self._num_updates = 0  # updates of any optimizer's parameters
-        self._updates: list[int] = []  # per optimizer
+        self._opts.clear()
         self._rest_updates = 0  # of the buffers and the parameters of no optimizer
-        self._last_decay: list[float | None] = []
         self._groups: dict[int, list[tuple[list[Tensor], list[Tensor]]]] | None = None
         self._backup: list[Tensor] | None = None
         self._steps.reset()
@@ -183,25 +182,15 @@ class EMA(WeightAveraging):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "the averaged copy would be a full, unsharded copy of the module on every rank",
-            "Use a DDP strategy, or Lightning's EMAWeightAveraging where it supports your strategy.",
-        )
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._reset()
-            if str(trainer.precision) == "64-true" and self._average_model is not None:
-                self._average_model.double()  # the module becomes float64 after `setup`: keep the average as precise
+        super().setup(trainer, pl_module, stage)  # TrickCallback's, then WeightAveraging's (the averaged copy)
+        if stage == "fit" and str(trainer.precision) == "64-true" and self._average_model is not None:
+            self._average_model.double()  # the module becomes float64 after `setup`: keep the average as precise
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps.attach(trainer)
         self._module = pl_module
-        n = len(trainer.optimizers)
-        self._updates = (self._updates + [0] * n)[:n]
-        self._last_decay = (self._last_decay + [None] * n)[:n]
+        self._opts.resize(len(trainer.optimizers))
         if not self.warmup:  # a constant is text (and an HPARAMS column), not a flat chart
             add_text(trainer, "ema/decay", f"{self.decay:g} (constant; the first update copies the weights)")
 
@@ -254,8 +243,9 @@ class EMA(WeightAveraging):
             return
         if self._groups is None:
             self._groups = self._build_groups(module, module.trainer.optimizers)
-        self._last_decay[index] = self._update_group(index, self._updates[index])
-        self._updates[index] += 1
+        average = self._opts[index]
+        average.last_decay = self._update_group(index, average.updates)
+        average.updates += 1
         self._update_group(-1, self._rest_updates)
         self._rest_updates += 1
         if not self._use_buffers:
@@ -265,8 +255,8 @@ class EMA(WeightAveraging):
         self._num_updates += 1
 
     def _update(self, module: torch.nn.Module) -> None:
-        """One update of every averaged tensor at once, outside a Trainer (``benchmarks/ema_overhead.py`` times it):
-        the work of one training step's update."""
+        """One update of every averaged tensor at once, outside a Trainer (the overhead benchmark times it): the work
+        of one training step's update."""
         if self._groups is None:
             self._groups = self._build_groups(module, [])  # no optimizer: every tensor in the one group -1
         self._update_group(-1, self._rest_updates)
@@ -282,10 +272,10 @@ class EMA(WeightAveraging):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.warmup and trainer_logs_now(trainer):  # a constant decay is written once as text (on_fit_start)
-            for i, decay in enumerate(self._last_decay):
-                if decay is not None:
-                    key = optimizer_key("ema/decay", i, len(self._last_decay))
-                    pl_module.log(key, decay, on_step=True, on_epoch=False, rank_zero_only=True)
+            for i, average in enumerate(self._opts):
+                if average.last_decay is not None:
+                    key = optimizer_key("ema/decay", i, len(self._opts))
+                    pl_module.log(key, average.last_decay, on_step=True, on_epoch=False, rank_zero_only=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -314,10 +304,8 @@ class EMA(WeightAveraging):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning_tricks.callbacks.early_stopping import EarlyStopping  # (it imports this module)
-
-        restoring = any(isinstance(cb, EarlyStopping) and cb.will_restore() for cb in trainer.callbacks)
-        if self.averaged_module() is not None and not restoring:  # EarlyStopping's restore (averaged weights) wins
+        restoring = any(isinstance(cb, RestoresBestWeights) and cb.will_restore() for cb in trainer.callbacks)
+        if self.averaged_module() is not None and not restoring:  # a restore of best (averaged) weights wins
             self._copy_average_to_current(pl_module)
 
     @override
@@ -345,21 +333,23 @@ class EMA(WeightAveraging):
         return {
             **super().state_dict(),
             "num_updates": self._num_updates,
-            "updates": list(self._updates),
+            "optimizers": self._opts.state_dict(dataclasses.asdict),
             "rest_updates": self._rest_updates,
-            "last_decay": list(self._last_decay),
             **self._steps.state_dict(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._latest_update_step = state_dict.get("latest_update_step", 0)
-        self._num_updates = state_dict.get("num_updates", 0)
-        # checkpoints from before per-optimizer counts: one optimizer, stepped `latest_update_step` times
-        self._updates = list(state_dict.get("updates", [self._num_updates]))
-        self._rest_updates = state_dict.get("rest_updates", self._num_updates)
-        last = state_dict.get("last_decay")
-        self._last_decay = list(last) if isinstance(last, list) else [last]
+        super().load_state_dict(state_dict)
+        self._num_updates = state_dict["num_updates"]
+        self._opts.load_state_dict(state_dict["optimizers"], lambda entry: _OptimizerAverage(**entry))
+        self._rest_updates = state_dict["rest_updates"]
         self._steps.load_state_dict(state_dict)
-        if "optimizer_steps" not in state_dict:
-            self._steps.counts = [self._latest_update_step]
+
+
+@dataclasses.dataclass
+class _OptimizerAverage:
+    """The averaging state of one optimizer's parameters (the step rule: each optimizer has its own)."""
+
+    updates: int = 0  # updates of this optimizer's parameters so far
+    last_decay: float | None = None  # the decay of the latest one (logged with warmup=True)

@@ -22,14 +22,16 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks._tensorboard import add_text, register_custom_scalars
+from lightning_tricks._validation import check_choice, check_float, check_int
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._grad_stats import (
+    TOTAL_NORM_CHART,
     TOTAL_NORM_KEY,
     GradStats,
     TotalNormOwner,
@@ -38,17 +40,10 @@ from lightning_tricks.callbacks._grad_stats import (
     gradient_norms,
     owns_total_norm,
 )
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
-    TOTAL_NORM_CHART,
-    add_text,
-    register_custom_scalars,
-    trainer_logs_now,
-)
+from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._steps import optimizer_index, optimizer_key
 
 ClipMode = Literal["norm", "value", "agc", "auto"]
-_MODES = ("norm", "value", "agc", "auto")
 #: "norm" mode keeps each step's 0-dim pre-clip norm until it is counted; at most this many between two counts.
 _MAX_KEPT_NORMS = 256
 
@@ -58,20 +53,10 @@ def clip_coefficient(max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
-def scale_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor:
-    """Rescale ``grads`` in place by ``min(max_norm / (total_norm + 1e-6), 1)``; no host sync.
+def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor | None:
+    """Rescale ``grads`` in place by ``min(max_norm / (total_norm + 1e-6), 1)``; no host sync on an accelerator.
 
     Unlike :func:`torch.nn.utils.clip_grads_with_norm_`, ``max_norm`` may be a device tensor (AutoClip's threshold).
-
-    Returns:
-        A 0-dim float tensor, ``1.0`` if the gradients were scaled down, else ``0.0``.
-    """
-    clip_to_max_norm_(grads, max_norm, total_norm)
-    return (total_norm > max_norm).float()
-
-
-def clip_to_max_norm_(grads: list[Tensor], max_norm: Tensor | float, total_norm: Tensor) -> Tensor | None:
-    """:func:`scale_to_max_norm_` without the indicator.
 
     Returns:
         The factor the gradients were multiplied by, or ``None`` when they were left untouched (a factor of 1).
@@ -137,7 +122,7 @@ def autoclip_threshold(history: Tensor, percentile: float) -> Tensor:
     return torch.nan_to_num(threshold, nan=math.inf)
 
 
-class GradientClipping(TotalNormOwner, Callback):
+class GradientClipping(TotalNormOwner, TrickCallback):
     """Clip gradients before every optimizer step: by total norm, by value, unit-wise (AGC) or adaptively (AutoClip).
 
     Runs in ``on_before_optimizer_step``: gradients there are unscaled under AMP, already all-reduced under DDP (so
@@ -147,7 +132,7 @@ class GradientClipping(TotalNormOwner, Callback):
     penalty's gradient is clipped as well. Sharded strategies (FSDP, DeepSpeed) are refused at ``setup``: there each
     rank holds only a part of the gradients; use ``Trainer(gradient_clip_val=...)`` there.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer, and each optimizer is clipped on its own gradients: with several optimizers (a GAN) the total norm is
     that optimizer's, AutoClip keeps one norm history per optimizer, and the logged keys end in ``/opt<i>``. Skipped
     batches (``training_step`` returning ``None``: no gradient) and accumulation micro-batches are not steps.
@@ -217,6 +202,10 @@ class GradientClipping(TotalNormOwner, Callback):
     """
 
     total_norm_priority = 2  # a WeightNormMonitor or GradientHealth logs the total norm before it
+    strategy_policy = StrategyRefusal(
+        "each rank holds only a shard of the gradients, so the norms and thresholds would be wrong",
+        "Use Trainer(gradient_clip_val=...), which the sharded strategies implement.",
+    )
 
     def __init__(
         self,
@@ -228,20 +217,12 @@ class GradientClipping(TotalNormOwner, Callback):
         agc_eps: float = 1e-3,
         agc_skip_last_layer: bool = True,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
-        if not (isinstance(threshold, (int, float)) and 0 < threshold < math.inf):
-            raise ValueError(f"Expected argument `threshold` to be a finite float > 0, but got {threshold!r}.")
-        if not (isinstance(norm_type, (int, float)) and norm_type > 0):
-            raise ValueError(f"Expected argument `norm_type` to be a float > 0 (or inf), but got {norm_type!r}.")
-        if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
-            raise ValueError(
-                f"Expected argument `percentile` to be a float in the (0, 100] range, but got {percentile!r}."
-            )
-        if not (isinstance(history_size, int) and history_size >= 1):
-            raise ValueError(f"Expected argument `history_size` to be an int >= 1, but got {history_size!r}.")
-        if not (isinstance(agc_eps, (int, float)) and agc_eps > 0):
-            raise ValueError(f"Expected argument `agc_eps` to be a float > 0, but got {agc_eps!r}.")
+        check_choice("mode", mode, ClipMode)
+        check_float("threshold", threshold, 0, low_open=True)
+        check_float("norm_type", norm_type, 0, low_open=True, finite=False)
+        check_float("percentile", percentile, 0, 100, low_open=True)
+        check_int("history_size", history_size, 1)
+        check_float("agc_eps", agc_eps, 0, low_open=True)
         self.mode = mode
         self.threshold = float(threshold)
         self.norm_type = float(norm_type)
@@ -249,22 +230,18 @@ class GradientClipping(TotalNormOwner, Callback):
         self.history_size = history_size
         self.agc_eps = float(agc_eps)
         self.agc_skip_last_layer = agc_skip_last_layer
-        self._state: list[_ClipState] = []  # training state per optimizer (saved in checkpoints)
+        self._state = PerOptimizer(_ClipState)  # training state per optimizer (saved in checkpoints)
         self._skip: set[int] = set()
         self._owns_total = True  # logs grad_norm/total unless a monitor does (decided at fit start)
         self._shares_stats = True  # reads the shared statistics: another callback does too (decided at fit start)
-        skip_unused_batch_hooks(self)
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._state.clear()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "each rank holds only a shard of the gradients, so the norms and thresholds would be wrong",
-            "Use Trainer(gradient_clip_val=...), which the sharded strategies implement.",
-        )
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._state = []
+        super().setup(trainer, pl_module, stage)
         if trainer.gradient_clip_val:
             raise MisconfigurationException(
                 f"`GradientClipping` callback and `Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` would both"
@@ -313,8 +290,6 @@ class GradientClipping(TotalNormOwner, Callback):
         if not params:
             return  # no gradient: a skipped batch, not a step
         index = optimizer_index(trainer, optimizer)
-        while len(self._state) <= index:
-            self._state.append(_ClipState())
         state = self._state[index]
         grads = [p.grad for p in params]
         log = trainer_logs_now(trainer)
@@ -391,19 +366,16 @@ class GradientClipping(TotalNormOwner, Callback):
     def state_dict(self) -> dict[str, Any]:
         for state in self._state:
             state.count_clipped_norms(self.threshold)
-        return {"optimizers": [state.to_dict() for state in self._state]}
+        return {"optimizers": self._state.state_dict(_ClipState.to_dict)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("optimizers")
-        if saved is None and "num_steps" in state_dict:  # a checkpoint from before per-optimizer state
-            saved = [state_dict]
-        self._state = [_ClipState.from_dict(entry) for entry in saved or []]
+        self._state.load_state_dict(state_dict["optimizers"], _ClipState.from_dict)
 
 
 @dataclass
 class _ClipState:
-    """The training state of :class:`GradientClipping` for one optimizer (design rule 7: never mixed)."""
+    """The training state of :class:`GradientClipping` for one optimizer (the step rule: never mixed)."""
 
     history: Tensor | None = None  # AutoClip norms, NaN = empty slot
     num_steps: int = 0  # steps of this optimizer, the ring buffer's write position

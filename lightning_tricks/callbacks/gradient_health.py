@@ -9,29 +9,28 @@ upstream as Lightning issue #21589 (gradient statistics).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
+from lightning_tricks._tensorboard import register_custom_scalars
+from lightning_tricks._validation import check_choice, check_every_n, check_float, check_int
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
+from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
+    TOTAL_NORM_KEY,
     GradLayout,
-    is_logging_step,
-    log_metrics,
-    register_custom_scalars,
-    resolve_every_n_steps,
-    to_host,
-    validate_every_n,
+    TotalNormOwner,
+    grad_stats,
+    owns_total_norm,
 )
+from lightning_tricks.callbacks._logging import is_logging_step, log_metrics, resolve_every_n_steps, to_host
 from lightning_tricks.callbacks._names import parameter_labels
 from lightning_tricks.callbacks._steps import OptimizerSteps, optimizer_key
 
@@ -104,7 +103,7 @@ def diagnose_gradients(
     return GradientDiagnosis(total, median, nonfinite, exploding, vanishing, min_ratio)
 
 
-class GradientHealth(TotalNormOwner, Callback):
+class GradientHealth(TotalNormOwner, TrickCallback):
     r"""Detect vanishing, exploding and non-finite gradients; warn, skip the bad step, or stop training.
 
     Runs in ``on_before_optimizer_step``: gradients are unscaled under AMP, all-reduced under DDP and not yet clipped
@@ -122,7 +121,7 @@ class GradientHealth(TotalNormOwner, Callback):
     step too (so a ``ModelCheckpoint`` only ever sees the last good weights) and sets ``trainer.should_stop``.
     Under DDP a step is skipped on every rank when any rank flags it (``reduce_boolean_decision(all=False)``).
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Every optimizer (a GAN's generator and discriminator, automatic or manual optimization) has its own
     norm history, counts and logged keys, so one optimizer's gradients are never judged against another's. Skipped
     batches (``training_step`` returning ``None``) and accumulation micro-batches are not checked;
@@ -169,8 +168,7 @@ class GradientHealth(TotalNormOwner, Callback):
         history: how many recent finite total norms the running median uses.
         min_history: norms to record before the exploding test starts, in [1, history].
         check_every_n_steps: check every N optimizer steps (others cost nothing). What remains of a check's cost
-            in ``"warn"`` is mostly one read of every gradient (``_foreach_norm``): ~2-3% of a step for a
-            784-256-256-10 MLP on one CPU thread, negligible next to a GPU step; N > 1 divides it by N but leaves
+            in ``"warn"`` is mostly one read of every gradient (``_foreach_norm``); N > 1 divides it by N but leaves
             the other steps unseen (with ``"skip"`` / ``"stop"``, unprotected).
         log_every_n_steps: log and warn every N steps; ``None`` uses ``Trainer(log_every_n_steps=...)``.
 
@@ -186,6 +184,10 @@ class GradientHealth(TotalNormOwner, Callback):
     """
 
     total_norm_priority = 1  # logs grad_norm/total unless a WeightNormMonitor does (see _grad_stats)
+    strategy_policy = StrategyRefusal(
+        "each rank holds only a shard of the gradients, so the norms and the decisions would differ per rank",
+        "Use a DDP strategy, or leave GradientHealth out.",
+    )
 
     def __init__(
         self,
@@ -198,20 +200,14 @@ class GradientHealth(TotalNormOwner, Callback):
         check_every_n_steps: int = 1,
         log_every_n_steps: int | None = None,
     ) -> None:
-        if action not in _ACTIONS:
-            raise ValueError(f"Expected argument `action` to be one of {_ACTIONS}, but got {action!r}.")
-        if not explode_factor > 1.0:
-            raise ValueError(f"Expected argument `explode_factor` to be a float > 1, but got {explode_factor!r}.")
-        if not 0.0 <= vanish_ratio < 1.0:
-            raise ValueError(f"Expected argument `vanish_ratio` to be a float in [0, 1), but got {vanish_ratio!r}.")
-        if not vanish_floor >= 0.0:
-            raise ValueError(f"Expected argument `vanish_floor` to be a float >= 0, but got {vanish_floor!r}.")
-        validate_every_n("history", history, allow_none=False)
-        if isinstance(min_history, bool) or not isinstance(min_history, int) or not 1 <= min_history <= history:
-            allowed = f"an int in [1, history={history}]"
-            raise ValueError(f"Expected argument `min_history` to be {allowed}, but got {min_history!r}.")
-        validate_every_n("check_every_n_steps", check_every_n_steps, allow_none=False)
-        validate_every_n("log_every_n_steps", log_every_n_steps)
+        check_choice("action", action, _ACTIONS)
+        check_float("explode_factor", explode_factor, 1, low_open=True, finite=False)
+        check_float("vanish_ratio", vanish_ratio, 0, 1, high_open=True)
+        check_float("vanish_floor", vanish_floor, 0)
+        check_every_n("history", history, allow_none=False)
+        check_int("min_history", min_history, 1, history)
+        check_every_n("check_every_n_steps", check_every_n_steps, allow_none=False)
+        check_every_n("log_every_n_steps", log_every_n_steps)
         self.action = action
         self.explode_factor = float(explode_factor)
         self.vanish_ratio = float(vanish_ratio)
@@ -226,28 +222,20 @@ class GradientHealth(TotalNormOwner, Callback):
         self._labels: dict[str, str] = {}
         self._scaled = False  # a GradScaler handles non-finite gradients (16-mixed)
         self._steps = OptimizerSteps()
-        self._opts: list[_OptimizerHealth] = []  # training state, one per optimizer (see state_dict)
-        skip_unused_batch_hooks(self)
+        # training state, one per optimizer (see state_dict)
+        self._opts = PerOptimizer(functools.partial(_OptimizerHealth.empty, history))
 
-    def _state(self, index: int) -> _OptimizerHealth:
-        while len(self._opts) <= index:
-            self._opts.append(_OptimizerHealth(torch.full((self.history,), float("nan"))))
-        return self._opts[index]
+    @override
+    def reset_fit_state(self) -> None:
+        self._opts.clear()
+        self._steps.reset()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "each rank holds only a shard of the gradients, so the norms and the decisions would differ per rank",
-            "Use a DDP strategy, or leave GradientHealth out.",
-        )
+        super().setup(trainer, pl_module, stage)
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
         self._trainer = trainer  # for diagnosing buffered steps in `state_dict`, which gets no trainer
         self._scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._opts = []
-            self._steps.reset()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -308,7 +296,7 @@ class GradientHealth(TotalNormOwner, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         index = self._steps.index(optimizer)
-        if self._steps.count(index) % self.check_every_n_steps == 0:  # this optimizer's own steps (rule 7)
+        if self._steps.count(index) % self.check_every_n_steps == 0:  # this optimizer's own steps (the step rule)
             self._check(trainer, pl_module, optimizer, index)
 
     @override
@@ -359,7 +347,7 @@ class GradientHealth(TotalNormOwner, Callback):
         if stats is None:  # no parameter of this optimizer has a gradient: not a step (a skipped batch)
             return
         layout, norms = stats.layout, stats.norms_before_clip
-        state = self._state(index)
+        state = self._opts[index]
         state.checks += 1
         if self.action == "warn":
             self._defer(state, layout, norms)
@@ -458,22 +446,19 @@ class GradientHealth(TotalNormOwner, Callback):
         # called when checkpointing: moving the device tensors to the host here is a (rare) deliberate sync
         for state in self._opts:
             self._process(state)  # diagnose the buffered steps now: the checkpoint holds their outcome
-        return {"optimizers": [state.to_dict() for state in self._opts], **self._steps.state_dict()}
+        return {"optimizers": self._opts.state_dict(_OptimizerHealth.to_dict), **self._steps.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("optimizers")
-        if saved is None and "norms" in state_dict:  # a checkpoint from before per-optimizer state: optimizer 0
-            saved = [state_dict]
-        self._opts = []
-        for i, entry in enumerate(saved or []):
-            self._state(i).load(entry, self.history)
+        self._opts.load_state_dict(
+            state_dict["optimizers"], lambda entry: _OptimizerHealth.empty(self.history).load(entry)
+        )
         self._steps.load_state_dict(state_dict)
 
 
 @dataclass
 class _OptimizerHealth:
-    """The training state of :class:`GradientHealth` for one optimizer (design rule 7: never mixed across them)."""
+    """The training state of :class:`GradientHealth` for one optimizer (the step rule: never mixed across them)."""
 
     norms: Tensor  # ring buffer of recent finite total norms (NaN: empty / non-finite)
     recorded: int = 0  # norms written to the ring buffer so far
@@ -487,6 +472,11 @@ class _OptimizerHealth:
     # "warn": checked steps not diagnosed yet (each step's [P] per-tensor gradient norms, all of `layout`)
     rows: list[Tensor] = field(default_factory=list)
     layout: GradLayout | None = None
+
+    @classmethod
+    def empty(cls, history: int) -> _OptimizerHealth:
+        """The state of an optimizer not checked yet: a ring of ``history`` empty (NaN) slots."""
+        return cls(torch.full((history,), float("nan")))
 
     @property
     def vanishing(self) -> Tensor:
@@ -506,10 +496,11 @@ class _OptimizerHealth:
             "vanishing_seen": self.vanishing_seen,
         }
 
-    def load(self, entry: dict[str, Any], history: int) -> None:
-        """Restore :meth:`to_dict` (a different ``history`` starts a fresh ring buffer)."""
+    def load(self, entry: dict[str, Any]) -> _OptimizerHealth:
+        """Restore :meth:`to_dict` into this state and return it (a ring of another size than this one's stays fresh:
+        ``history`` changed)."""
         norms = entry.get("norms")
-        if norms is not None and len(norms) == history:
+        if norms is not None and len(norms) == len(self.norms):
             self.norms = torch.as_tensor(norms, dtype=torch.float32).clone()
             self.recorded = int(entry.get("recorded", 0))
         self.checks = int(entry.get("checks", 0))
@@ -518,3 +509,4 @@ class _OptimizerHealth:
         self.counts.update(entry.get("counts", {}))
         self.scaler_streak = int(entry.get("scaler_streak", 0))
         self.vanishing_seen = bool(entry.get("vanishing_seen", False))
+        return self

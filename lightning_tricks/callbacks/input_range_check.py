@@ -13,15 +13,19 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import log_metrics
+from lightning_tricks._validation import check_choice, check_float, check_int, invalid
+from lightning_tricks.callbacks._base import TrickCallback
+from lightning_tricks.callbacks._logging import log_metrics
 
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values", "data")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def find_input(batch: Any, batch_key: int | str | None = None) -> Tensor:
@@ -113,7 +117,7 @@ def range_problem(stats: dict[str, float], expected: tuple[float, float], tolera
     return f"{seen}, outside the expected [{lo:g}, {hi:g}] (tolerance {tolerance:g}). Fix: " + "; ".join(fixes) + "."
 
 
-class InputRangeCheck(Callback):
+class InputRangeCheck(TrickCallback):
     """Check the first ``check_batches`` training batches' inputs against an expected value range.
 
     Runs in ``on_train_batch_start`` (the batch is already on the device). For the first ``check_batches`` training
@@ -158,35 +162,26 @@ class InputRangeCheck(Callback):
         tolerance: float = 1e-3,
         batch_key: int | str | None = None,
     ) -> None:
-        if len(expected) != 2 or not all(math.isfinite(v) for v in expected) or not expected[0] < expected[1]:
-            raise ValueError(
-                f"Expected `expected` to be a finite (low, high) pair with low < high, but got {expected!r}."
-            )
-        if not isinstance(check_batches, int) or check_batches < 1:
-            raise ValueError(f"Expected `check_batches` to be an integer >= 1, but got {check_batches!r}.")
-        if action not in ("warn", "raise"):
-            raise ValueError(f"Expected `action` to be one of 'warn', 'raise', but got {action!r}.")
-        if not (math.isfinite(tolerance) and tolerance >= 0.0):
-            raise ValueError(f"Expected `tolerance` to be a finite float >= 0, but got {tolerance!r}.")
+        pair = isinstance(expected, (list, tuple)) and len(expected) == 2
+        if not (pair and all(map(_finite, expected)) and expected[0] < expected[1]):
+            raise invalid("expected", "a finite (low, high) pair with low < high", expected)
+        check_int("check_batches", check_batches, 1)
+        check_choice("action", action, ("warn", "raise"))
+        check_float("tolerance", tolerance, 0)
         self.expected = (float(expected[0]), float(expected[1]))
         self.check_batches = check_batches
         self.action = action
         self.tolerance = tolerance
         self.batch_key = batch_key
-        self._reset()
-        skip_unused_batch_hooks(self)
+        self.reset_fit_state()
 
-    def _reset(self) -> None:
+    @override
+    def reset_fit_state(self) -> None:  # a reused instance checks the new run's data
         self.checked = 0
         self.count = 0
         self.stats: dict[str, float] | None = None
         self._acc: Tensor | None = None
         self._restored: list[float] | None = None
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":  # a reused instance checks the new run's data; a checkpoint restores its progress later
-            self._reset()
 
     @property
     def done(self) -> bool:

@@ -13,21 +13,19 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_tricks._loops import estimated_stepping_batches
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import trainer_logs_now
+from lightning_tricks._validation import check_choice, check_float, check_int
+from lightning_tricks.callbacks._base import TrickCallback
+from lightning_tricks.callbacks._logging import trainer_logs_now
 from lightning_tricks.callbacks._steps import OptimizerSteps
 
 DecayMode = Literal["exponential", "step", "cosine", "linear"]
 Interval = Literal["epoch", "step"]
-_MODES = ("exponential", "step", "cosine", "linear")
-_INTERVALS = ("epoch", "step")
 
 
 def lr_factor(
@@ -77,7 +75,7 @@ def scheduled_lr(
     return min_lr + (initial_lr - min_lr) * f
 
 
-class LRDecay(Callback):
+class LRDecay(TrickCallback):
     """Set every optimizer's learning rate from a closed-form decay schedule, relative to each group's initial lr.
 
     The classic rule is the default: ``lr <- lr * 0.98`` per epoch. At fit start the callback records each param
@@ -88,7 +86,7 @@ class LRDecay(Callback):
     user's ``configure_optimizers`` is untouched. A new ``fit`` without a checkpoint starts afresh: the initial
     learning rates are read again from the new optimizers.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer. Each optimizer follows its own schedule on its own step count: a GAN whose generator and
     discriminator step once per batch has both reach ``min_lr`` at the end of the run, not halfway. Accumulation
     micro-batches, skipped batches (``training_step`` returning ``None``) and steps a ``GradScaler`` skipped do not
@@ -151,20 +149,13 @@ class LRDecay(Callback):
         step_size: int = 30,
         total: int | None = None,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
-        if interval not in _INTERVALS:
-            raise ValueError(f"Expected argument `interval` to be one of {_INTERVALS}, but got {interval!r}.")
-        if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-            raise ValueError(f"Expected argument `gamma` to be a float in the (0, 1] range, but got {gamma!r}.")
-        if not (isinstance(warmup, int) and warmup >= 0):
-            raise ValueError(f"Expected argument `warmup` to be an int >= 0, but got {warmup!r}.")
-        if not (isinstance(min_lr, (int, float)) and 0 <= min_lr < math.inf):
-            raise ValueError(f"Expected argument `min_lr` to be a finite float >= 0, but got {min_lr!r}.")
-        if not (isinstance(step_size, int) and step_size >= 1):
-            raise ValueError(f"Expected argument `step_size` to be an int >= 1, but got {step_size!r}.")
-        if total is not None and not (isinstance(total, int) and total >= 1):
-            raise ValueError(f"Expected argument `total` to be None or an int >= 1, but got {total!r}.")
+        check_choice("mode", mode, DecayMode)
+        check_choice("interval", interval, Interval)
+        check_float("gamma", gamma, 0, 1, low_open=True)
+        check_int("warmup", warmup, 0)
+        check_float("min_lr", min_lr, 0)
+        check_int("step_size", step_size, 1)
+        check_int("total", total, 1, allow_none=True)
         self.mode = mode
         self.gamma = float(gamma)
         self.interval = interval
@@ -174,21 +165,18 @@ class LRDecay(Callback):
         self.total = total
         self._total = 1  # resolved at fit start
         # Training state (saved in checkpoints): initial lr of every param group of every optimizer, and the steps
-        # each optimizer made (rule 7).
+        # each optimizer made (the step rule).
         self.initial_lrs: list[list[float]] | None = None
         self._steps = OptimizerSteps(on_step=self._after_step)
         self._trainer: pl.Trainer | None = None
-        self._legacy_steps = False  # a checkpoint without step counts: derived from global_step at fit start
         self._warned_past_total = False
         self._lrs_set = False  # interval="step": lrs set for this fit (then kept by the step post-hook)
-        skip_unused_batch_hooks(self)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self.initial_lrs = None
-            self._steps.reset()
-            self._legacy_steps = self._warned_past_total = False
+    def reset_fit_state(self) -> None:
+        self.initial_lrs = None
+        self._steps.reset()
+        self._warned_past_total = False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -218,9 +206,6 @@ class LRDecay(Callback):
         self._lrs_set = False
         if self.interval == "step":  # the epoch interval needs no step counts
             self._steps.attach(trainer)
-        if self._legacy_steps:  # older checkpoints: global_step counts all optimizers' steps together
-            self._steps.counts = [trainer.global_step // max(len(trainer.optimizers), 1)] * len(trainer.optimizers)
-            self._legacy_steps = False
 
     def _resolve_total(self, trainer: pl.Trainer) -> int:
         if self.total is not None:
@@ -309,7 +294,6 @@ class LRDecay(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initial_lrs = state_dict.get("initial_lrs", self.initial_lrs)
+        self.initial_lrs = state_dict["initial_lrs"]
         self._lrs_set = False  # the restored step counts decide the next lr
         self._steps.load_state_dict(state_dict)
-        self._legacy_steps = "optimizer_steps" not in state_dict

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.seed import _collect_rng_states
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
+from lightning_tricks.callbacks._base import TrickCallback
 
 
 def collect_rng_state() -> dict[str, Any]:
@@ -78,7 +77,7 @@ def _all_gather(state: dict[str, Any], trainer: pl.Trainer) -> list[dict[str, An
     return gathered
 
 
-class RNGStateCheckpoint(Callback):
+class RNGStateCheckpoint(TrickCallback):
     """Save every rank's global RNG state in the checkpoint and put it back on resume, before the next batch.
 
     With it, a run killed at any step and resumed from its last checkpoint draws the same random numbers as the run
@@ -119,12 +118,15 @@ class RNGStateCheckpoint(Callback):
     def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
         self._pending: dict[str, Any] | None = None  # a loaded checkpoint's state, put back in on_train_start
-        skip_unused_batch_hooks(self)
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._pending = None  # a fit without a checkpoint starts from the seeded state
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         self._trainer = trainer
-        self._pending = None  # a fit without a checkpoint starts from the seeded state (rule 9)
 
     @override
     def state_dict(self) -> dict[str, Any]:

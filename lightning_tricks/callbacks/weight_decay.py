@@ -7,24 +7,21 @@ Generalization"), and decoupled weight decay, Loshchilov & Hutter 2019, "Decoupl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import logging_step, trainer_logs_now
+from lightning_tricks._validation import check_choice, check_float
+from lightning_tricks.callbacks._base import StrategyRefusal, TrickCallback
+from lightning_tricks.callbacks._logging import logging_step, trainer_logs_now
 
 DecayMode = Literal["l2", "decoupled"]
-_MODES = ("l2", "decoupled")
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*d, SyncBatchNorm, InstanceNorm*d
     nn.LayerNorm,
@@ -104,7 +101,7 @@ def l2_penalty(params: Iterable[Tensor], coefficient: float) -> Tensor:
     return 0.5 * coefficient * norms.square().sum()
 
 
-class WeightDecay(Callback):
+class WeightDecay(TrickCallback):
     """Weight decay without touching ``configure_optimizers``: explicit L2 gradient or decoupled shrinking.
 
     Both modes run in ``on_before_optimizer_step``, once per optimizer step, on the parameters of the optimizer being
@@ -118,7 +115,7 @@ class WeightDecay(Callback):
       update (exactly ``torch.optim.AdamW``'s rule, Loshchilov & Hutter 2019). Under ``16-mixed`` the steps the
       ``GradScaler`` skips are not shrunk either (decided on the device from the scaler's own flag, no sync).
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer; each optimizer's parameters are decayed at that optimizer's steps only (a GAN's generator and
     discriminator each at their own). Skipped batches (``training_step`` returning ``None``: no gradient) and
     accumulation micro-batches are not decayed. Put :class:`~lightning_tricks.callbacks.GradientHealth` before this
@@ -152,27 +149,23 @@ class WeightDecay(Callback):
         trainer = Trainer(callbacks=[WeightDecay(coefficient=0.05, mode="decoupled")])  # with Adam -> AdamW
     """
 
+    strategy_policy = StrategyRefusal(
+        "it flattens parameters into 1-D shards, so biases and normalization layers cannot be told apart",
+        "Use the optimizer's own weight_decay (e.g. AdamW) with parameter groups.",
+    )
+
     def __init__(self, coefficient: float = 1e-4, mode: DecayMode = "l2", exclude_bias_and_norm: bool = True) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {_MODES}, but got {mode!r}.")
-        if not (isinstance(coefficient, (int, float)) and 0 <= coefficient < math.inf):
-            raise ValueError(f"Expected argument `coefficient` to be a finite float >= 0, but got {coefficient!r}.")
+        check_choice("mode", mode, DecayMode)
+        check_float("coefficient", coefficient, 0)
         self.coefficient = float(coefficient)
         self.mode = mode
         self.exclude_bias_and_norm = exclude_bias_and_norm
         self._params: list[nn.Parameter] = []
         self._ids: set[int] = set()
         self._logged_step = -1
-        skip_unused_batch_hooks(self)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "it flattens parameters into 1-D shards, so biases and normalization layers cannot be told apart",
-            "Use the optimizer's own weight_decay (e.g. AdamW) with parameter groups.",
-        )
+    def reset_fit_state(self) -> None:
         self._logged_step = -1  # a new fit's logging steps start again at 0
 
     @override

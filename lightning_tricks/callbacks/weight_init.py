@@ -15,15 +15,14 @@ from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
+from lightning_tricks._validation import check_choice, check_float, check_int, invalid
+from lightning_tricks.callbacks._base import StrategyRefusal, TrickCallback
 from lightning_tricks.callbacks._compiled import call_eagerly, strip_compiled_name
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
 from lightning_tricks.callbacks._lsuv import ForwardFn, apply_scales_, lsuv_, resolve_forward_fn
 
 __all__ = ["WeightInit", "apply_scales_", "fan_in", "init_layer_", "lsuv_", "target_layers"]
@@ -112,12 +111,12 @@ def init_layer_(
     elif scheme == "standard_normal":
         nn.init.normal_(weight, 0.0, 1.0, generator=g)
     else:
-        raise ValueError(f"Expected argument `scheme` to be one of {get_args(Scheme)}, but got {scheme!r}.")
+        raise invalid("scheme", f"one of {get_args(Scheme)}", scheme)
     if init_bias and getattr(layer, "bias", None) is not None:
         nn.init.constant_(layer.bias, bias)
 
 
-class WeightInit(Callback):
+class WeightInit(TrickCallback):
     r"""Initialize the weights of Linear / Conv layers by a classic scheme before training.
 
     Schemes (``n_in`` = fan-in): ``uniform`` U(-1/sqrt(n_in), 1/sqrt(n_in)); ``gaussian`` N(0, 1/n_in);
@@ -192,6 +191,11 @@ class WeightInit(Callback):
         trainer.fit(model)
     """
 
+    strategy_policy = StrategyRefusal(
+        "LSUV rescales whole weight tensors, which this strategy splits across ranks",
+        "Use a data-free scheme such as WeightInit('orthogonal') or the 'ddp' strategy.",
+    )
+
     def __init__(
         self,
         scheme: Scheme = "xavier_uniform",
@@ -207,21 +211,13 @@ class WeightInit(Callback):
         lsuv_forward_fn: ForwardFn | str | None = None,
         include_frozen: bool = False,
     ) -> None:
-        for option, value, allowed in (
-            ("scheme", scheme, get_args(Scheme)),
-            ("nonlinearity", nonlinearity, get_args(Nonlinearity)),
-            ("fan_mode", fan_mode, get_args(FanMode)),
-        ):
-            if value not in allowed:
-                raise ValueError(f"Expected argument `{option}` to be one of {allowed}, but got {value!r}.")
-        if not math.isfinite(bias):
-            raise ValueError(f"Expected argument `bias` to be a finite float, but got {bias}.")
-        if not (gain > 0 and math.isfinite(gain)):  # gain 0 zeroes every weight: no symmetry breaking
-            raise ValueError(f"Expected argument `gain` to be a finite float > 0, but got {gain}.")
-        if not lsuv_tolerance > 0:
-            raise ValueError(f"Expected argument `lsuv_tolerance` to be a float > 0, but got {lsuv_tolerance}.")
-        if lsuv_max_iters < 1:
-            raise ValueError(f"Expected argument `lsuv_max_iters` to be an integer >= 1, but got {lsuv_max_iters}.")
+        check_choice("scheme", scheme, Scheme)
+        check_choice("nonlinearity", nonlinearity, Nonlinearity)
+        check_choice("fan_mode", fan_mode, FanMode)
+        check_float("bias", bias)
+        check_float("gain", gain, 0, low_open=True)  # gain 0 zeroes every weight: no symmetry breaking
+        check_float("lsuv_tolerance", lsuv_tolerance, 0, low_open=True)
+        check_int("lsuv_max_iters", lsuv_max_iters, 1)
         self.scheme = scheme
         self.bias = bias
         self.include = include
@@ -235,7 +231,11 @@ class WeightInit(Callback):
         self.lsuv_forward_fn = lsuv_forward_fn
         self._forward_fn = resolve_forward_fn(lsuv_forward_fn)
         self.include_frozen = include_frozen
-        skip_unused_batch_hooks(self)
+
+    @override
+    def strategy_refusal(self, stage: str) -> StrategyRefusal | None:
+        # the data-free schemes run before sharding; only LSUV, at fit, sees whole tensors split
+        return self.strategy_policy if stage == "fit" and self.scheme == "lsuv" else None
 
     def _layers(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
         return target_layers(module, self.include, self.exclude, self.include_frozen)
@@ -262,15 +262,9 @@ class WeightInit(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        if self.scheme == "lsuv":
-            refuse_sharded(
-                self,
-                trainer,
-                "LSUV rescales whole weight tensors, which this strategy splits across ranks",
-                "Use a data-free scheme such as WeightInit('orthogonal') or the 'ddp' strategy.",
-            )
         names = self.init_module_(pl_module)
         if not names:
             rank_zero_warn("WeightInit: no Linear / Conv layer matched `include` / `exclude`; nothing initialized.")

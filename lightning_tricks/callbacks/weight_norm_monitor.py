@@ -15,30 +15,29 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_tricks.callbacks._compat import refuse_sharded
-from lightning_tricks.callbacks._grad_stats import TOTAL_NORM_KEY, TotalNormOwner, grad_stats, owns_total_norm
-from lightning_tricks.callbacks._hooks import skip_unused_batch_hooks
-from lightning_tricks.callbacks._monitoring import (
+from lightning_tricks._tensorboard import add_histograms, register_custom_scalars, tag_regex
+from lightning_tricks._validation import check_bool, check_every_n
+from lightning_tricks.callbacks._base import PerOptimizer, StrategyRefusal, TrickCallback
+from lightning_tricks.callbacks._grad_stats import (
     TOTAL_NORM_CHART,
-    add_histograms,
-    group_indices,
+    TOTAL_NORM_KEY,
+    TotalNormOwner,
+    grad_stats,
     group_norms,
-    is_logging_step,
-    layer_name,
-    log_metrics,
-    named_optimizer_params,
-    register_custom_scalars,
-    resolve_every_n_steps,
-    tag_regex,
-    to_host,
-    validate_every_n,
+    owns_total_norm,
 )
-from lightning_tricks.callbacks._names import parameter_labels
+from lightning_tricks.callbacks._logging import (
+    is_logging_step,
+    log_metrics,
+    logging_step,
+    resolve_every_n_steps,
+    to_host,
+)
+from lightning_tricks.callbacks._names import group_indices, layer_name, named_optimizer_params, parameter_labels
 from lightning_tricks.callbacks._steps import optimizer_index, unwrap
 
 #: Logged family -> its custom-scalars category.
@@ -79,14 +78,14 @@ class _Pending:
     total: Tensor
 
 
-class WeightNormMonitor(TotalNormOwner, Callback):
+class WeightNormMonitor(TotalNormOwner, TrickCallback):
     r"""Log weight norms, gradient norms before clipping, and update-to-weight ratios ``||dw|| / ||w||``.
 
     Runs in ``on_before_optimizer_step`` (gradients there are unscaled under AMP, all-reduced under DDP and not yet
     clipped) and in ``on_train_batch_end`` (after the optimizer step, for the update ratio). All maths uses
     ``torch._foreach_norm`` on the device.
 
-    Steps (the package's rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
+    Steps (the step rule, :mod:`lightning_tricks.callbacks._steps`): a step is one optimizer step of one
     optimizer; logging follows the Trainer's ``log_every_n_steps`` (batches in which the optimizers stepped), so
     every key is logged once per logging batch. With several optimizers (a GAN, automatic or manual optimization)
     each parameter's norms come from its own optimizer's step, ``grad_norm/total`` is the norm of ALL their
@@ -143,6 +142,10 @@ class WeightNormMonitor(TotalNormOwner, Callback):
     """
 
     total_norm_priority = 0  # the owner of grad_norm/total when present (see _grad_stats)
+    strategy_policy = StrategyRefusal(
+        "each rank holds only a shard of the weights and gradients, so the norms would be wrong",
+        "Use a DDP strategy, or Lightning's `lightning.pytorch.utilities.grad_norm` in your module.",
+    )
 
     def __init__(
         self,
@@ -150,31 +153,27 @@ class WeightNormMonitor(TotalNormOwner, Callback):
         per_layer: bool = False,
         histogram_every_n_epochs: int | None = 1,
     ) -> None:
-        validate_every_n("log_every_n_steps", log_every_n_steps)
-        validate_every_n("histogram_every_n_epochs", histogram_every_n_epochs)
-        if not isinstance(per_layer, bool):
-            raise ValueError(f"Expected argument `per_layer` to be a bool (True or False), but got {per_layer!r}.")
+        check_every_n("log_every_n_steps", log_every_n_steps)
+        check_every_n("histogram_every_n_epochs", histogram_every_n_epochs)
+        check_bool("per_layer", per_layer)
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self._every_n = 0
-        self._histogram_epochs: list[int] = []  # per optimizer: the last epoch it wrote histograms in
+        self._histogram_epochs = PerOptimizer(_no_epoch)  # per optimizer: the last epoch it wrote histograms in
         self._pending: dict[int, _Pending] = {}  # per optimizer: this batch's record
         self._owns_total = True  # logs grad_norm/total (decided at fit start; see _grad_stats)
         self._labels: dict[str, str] = {}  # parameter / layer name -> "net.1.weight Linear(784→1024)"
-        skip_unused_batch_hooks(self)
+
+    @override
+    def reset_fit_state(self) -> None:
+        self._histogram_epochs.clear()
+        self._pending = {}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded(
-            self,
-            trainer,
-            "each rank holds only a shard of the weights and gradients, so the norms would be wrong",
-            "Use a DDP strategy, or Lightning's `lightning.pytorch.utilities.grad_norm` in your module.",
-        )
+        super().setup(trainer, pl_module, stage)
         self._every_n = resolve_every_n_steps(trainer, self.log_every_n_steps)
-        if stage == "fit":  # a reused instance starts fresh; a checkpoint restore comes after `setup` and wins
-            self._histogram_epochs, self._pending = [], {}
         if stage == "fit" and not trainer.loggers:
             rank_zero_warn("`WeightNormMonitor` has no logger to write to: pass `Trainer(logger=...)`.")
 
@@ -206,8 +205,6 @@ class WeightNormMonitor(TotalNormOwner, Callback):
     ) -> None:
         epoch, index = trainer.current_epoch, optimizer_index(trainer, optimizer)
         every_epochs = self.histogram_every_n_epochs
-        while len(self._histogram_epochs) <= index:
-            self._histogram_epochs.append(-1)
         done = self._histogram_epochs[index] == epoch
         histogram_now = every_epochs is not None and epoch % every_epochs == 0 and not done
         log_now = is_logging_step(trainer, self._every_n) and index not in self._pending  # its first step this batch
@@ -221,7 +218,7 @@ class WeightNormMonitor(TotalNormOwner, Callback):
             self._histogram_epochs[index] = epoch
             tensors = {f"weight_hist/{self._label(n)}": p for n, p in zip(names, params, strict=True)}
             tensors.update({f"grad_hist/{self._label(n)}": p.grad for n, p in zip(names, params, strict=True)})
-            add_histograms(trainer, tensors)  # type: ignore[arg-type]
+            add_histograms(trainer, tensors, logging_step(trainer))  # type: ignore[arg-type]
         if not log_now:
             return
         with torch.no_grad():
@@ -270,9 +267,13 @@ class WeightNormMonitor(TotalNormOwner, Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"histogram_epochs": list(self._histogram_epochs)}
+        return {"histogram_epochs": self._histogram_epochs.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        legacy = [int(state_dict["histogram_epoch"])] if "histogram_epoch" in state_dict else []
-        self._histogram_epochs = [int(e) for e in state_dict.get("histogram_epochs", legacy)]
+        self._histogram_epochs.load_state_dict(state_dict["histogram_epochs"], int)
+
+
+def _no_epoch() -> int:
+    """The epoch an optimizer last wrote histograms in, before it wrote any."""
+    return -1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_tricks._validation import check_choice, check_int, invalid
 from lightning_tricks.data._idx import CorruptDatasetFileError, load_pair
 from lightning_tricks.data._loaders import (
     Augment,
@@ -41,7 +42,6 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_VALUE_RANGES = get_args(ValueRange)
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,20 +99,14 @@ class _MNISTLikeDataModule(LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if value_range not in _VALUE_RANGES:
-            raise ValueError(f"Expected `value_range` to be one of {_VALUE_RANGES}, but got {value_range!r}.")
-        for option, value, low in (("batch_size", batch_size, 1), ("val_size", val_size, 0),
-                                   ("crop_padding", crop_padding, 0), ("num_workers", num_workers, 0)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"Expected `{option}` to be an int >= {low}, but got {value!r}.")
-        if train_subset is not None and (
-            isinstance(train_subset, bool) or not isinstance(train_subset, int) or train_subset < 1
-        ):
-            raise ValueError(f"Expected `train_subset` to be None or an int >= 1, but got {train_subset!r}.")
+        check_choice("value_range", value_range, ValueRange)
+        check_int("batch_size", batch_size, 1)
+        check_int("val_size", val_size, 0)
+        check_int("crop_padding", crop_padding, 0)
+        check_int("num_workers", num_workers, 0)
+        check_int("train_subset", train_subset, 1, allow_none=True)
         if on_device and num_workers:
-            raise ValueError(
-                f"`on_device=True` makes batches on the device: expected `num_workers=0`, but got {num_workers}."
-            )
+            raise invalid("num_workers", "0 with on_device=True (batches are made on the device)", num_workers)
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -310,7 +304,7 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     download into ``data/`` when ``download=True``. If none works, :class:`DatasetNotFoundError` (a
     ``FileNotFoundError``) lists every place and how to fix it. Files are decompressed in memory and their headers
     checked (magic number, dimensions, size, label range, image/label counts) before ``torch.frombuffer`` wraps
-    them: a bad file raises :class:`CorruptDatasetFileError` naming it. Parsing is cached per process (~0.3 s).
+    them: a bad file raises :class:`CorruptDatasetFileError` naming it. Parsing is cached per process.
 
     **Split.** ``val_size`` samples of the 60k training file are held out by a permutation seeded with ``seed``;
     ``train_subset`` keeps the first N of the remaining (shuffled) training samples.
@@ -319,8 +313,8 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     ``(x / 255 - mean) / std`` with the statistics of the 60k training file (class attributes ``mean``, ``std``).
 
     **Augmentation** (``augment=True``, training set only): random crop after ``crop_padding`` pixels of black
-    padding, and a horizontal flip with probability 1/2 (``hflip``), done on the whole batch with one gather (about
-    0.3-0.5 ms for 128 images on one CPU core). Randomness of batch ``b`` of epoch ``e`` on rank ``r`` is seeded by
+    padding, and a horizontal flip with probability 1/2 (``hflip``), done on the whole batch with one gather.
+    Randomness of batch ``b`` of epoch ``e`` on rank ``r`` is seeded by
     ``(seed, e, r, b)``. Normal mode augments in the main process after the workers' fetch; ``on_device`` on the device.
 
     **Shuffling, sharding and resuming.** Each epoch's order is a permutation seeded by ``(seed, epoch)`` (never the
@@ -332,7 +326,7 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     in order (under DDP Lightning's sampler, or in ``on_device`` mode the same padding rule, pads the shards).
 
     **Hooks and cost.** ``prepare_data`` finds (or downloads) the files on one process per node; ``setup`` parses
-    them (cached per process) and splits (~0.5 s); the ``*_dataloader`` methods build the loaders. Lightning calls
+    them (cached per process) and splits; the ``*_dataloader`` methods build the loaders. Lightning calls
     ``train_dataloader().sampler.set_epoch(epoch)`` at every epoch start; outside Lightning call it yourself (the
     order is otherwise epoch 0's every time). Under DDP the loader state saved by rank 0 is valid on every rank (all
     ranks run the same number of batches). Logs nothing.

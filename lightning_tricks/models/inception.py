@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d
 from typing_extensions import override
 
-from lightning_tricks.models.classifier import Classifier, check_range
+from lightning_tricks._validation import check_bool, check_float, check_int, check_int_list
+from lightning_tricks.models.classifier import Classifier
 
 
 class InceptionBlock(nn.Module):
@@ -118,13 +119,11 @@ class InceptionClassifier(Classifier):
         stem_pool: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not stages or any(not isinstance(blocks, int) or blocks < 1 for blocks in stages):
-            raise ValueError(f"Expected argument `stages` to be a non-empty list of positive ints, but got {stages}.")
-        check_range("width", width, 1)
-        check_range("stem_channels", stem_channels, 1)
-        check_range("dropout", dropout, 0.0, 1.0)
-        if not isinstance(stem_pool, bool):
-            raise ValueError(f"Expected argument `stem_pool` to be a bool (True or False), but got {stem_pool!r}.")
+        check_int_list("stages", stages, non_empty=True)
+        check_int("width", width, 1)
+        check_int("stem_channels", stem_channels, 1)
+        check_float("dropout", dropout, 0.0, 1.0, high_open=True)
+        check_bool("stem_pool", stem_pool)
         super().__init__(**kwargs)
         self.net = build_inception(
             self.in_channels, self.num_classes, list(stages), width, stem_channels, factorize_5x5, dropout, stem_pool

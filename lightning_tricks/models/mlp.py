@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 from typing_extensions import override
 
-from lightning_tricks.models.classifier import Classifier, check_choice, check_range
+from lightning_tricks._validation import check_choice, check_float, check_int, check_int_list
+from lightning_tricks.models.classifier import Classifier
 
 ActivationName = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu", "selu", "identity"]
 MLPNormName = Literal["none", "batch", "layer", "weight"]
@@ -97,11 +98,9 @@ class MLPClassifier(Classifier):
     ) -> None:
         check_choice("activation", activation, ActivationName)
         check_choice("norm", norm, MLPNormName)
-        check_range("dropout", dropout, 0.0, 1.0)
-        check_range("input_size", input_size, 1)
-        for size in hidden_sizes:
-            if not isinstance(size, int) or size < 1:
-                raise ValueError(f"Expected argument `hidden_sizes` to hold positive integers, but got {hidden_sizes}.")
+        check_float("dropout", dropout, 0.0, 1.0, high_open=True)
+        check_int("input_size", input_size, 1)
+        check_int_list("hidden_sizes", hidden_sizes)
         super().__init__(**kwargs)
         self.input_size = input_size
         self.net = build_mlp(input_size, list(hidden_sizes), self.num_classes, activation, norm, dropout)

@@ -7,7 +7,8 @@ from typing import Any
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from lightning_tricks.models.classifier import Classifier, check_range
+from lightning_tricks._validation import check_bool, check_float, check_int, check_int_list
+from lightning_tricks.models.classifier import Classifier
 
 
 def build_resnet(
@@ -99,12 +100,10 @@ class ResNetClassifier(Classifier):
         stem_pool: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not stages or any(not isinstance(blocks, int) or blocks < 1 for blocks in stages):
-            raise ValueError(f"Expected argument `stages` to be a non-empty list of positive ints, but got {stages}.")
-        check_range("width", width, 1)
-        check_range("dropout", dropout, 0.0, 1.0)
-        if not isinstance(stem_pool, bool):
-            raise ValueError(f"Expected argument `stem_pool` to be a bool (True or False), but got {stem_pool!r}.")
+        check_int_list("stages", stages, non_empty=True)
+        check_int("width", width, 1)
+        check_float("dropout", dropout, 0.0, 1.0, high_open=True)
+        check_bool("stem_pool", stem_pool)
         super().__init__(**kwargs)
         self.net = build_resnet(
             self.in_channels, self.num_classes, list(stages), width, dropout, zero_init_residual, stem_pool

@@ -210,8 +210,8 @@ def _assert_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -
 
 
 def test_reused_instance_starts_afresh(tmp_path: Path) -> None:
-    """Second fit, new Trainer, same instance: no stop at once, no restore of the first fit's weights (old code did
-    both: the first fit's best score and weights were kept)."""
+    """Second fit, new Trainer, same instance: no stop at once, no restore of the first fit's weights (fresh per fit:
+    the first fit's best score and weights are not kept)."""
     stop = EarlyStopping("val_metric", patience=0, restore_best_weights=True)
     first = _fit_scripted(tmp_path / "a", [stop], [1.0, 2.0, 3.0], epochs=3)  # stops at epoch 1, restores epoch 0
     _assert_weights(first, first.validated[0])

@@ -249,7 +249,7 @@ def test_ema_lightning_cli() -> None:
     assert ema.decay == 0.95 and ema.warmup is True
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer steps; precision; reuse
+# ------------------------------------------------------------- the step rule: per-optimizer steps; precision; reuse
 
 
 def _ema_of(snapshots: list[list[torch.Tensor]], decay: float) -> list[torch.Tensor]:
@@ -263,11 +263,11 @@ def _ema_of(snapshots: list[list[torch.Tensor]], decay: float) -> list[torch.Ten
 @pytest.mark.parametrize("every", [1, 2])
 def test_gan_each_optimizer_is_averaged_after_its_own_steps(tmp_path: Path, every: int) -> None:
     """Generator and discriminator step once per batch each: each one's weights are averaged after its own steps
-    0, n, 2n, ... (the old code never updated with n=2: the shared global step it checked was always odd)."""
+    0, n, 2n, ... (with n=2, a global step shared by both optimizers would be odd at every update and never match)."""
     recorder, model, ema = StepRecorder(), TinyGAN(), EMA(decay=0.5, update_every_n_steps=every)
     _, rows = csv_fit(tmp_path, [ema, recorder], model)
-    assert ema._updates == [8 // every, 8 // every]
-    # a constant decay is TensorBoard text, not a flat chart per optimizer (issue 12: one key per quantity)
+    assert [o.updates for o in ema._opts] == [8 // every, 8 // every]
+    # a constant decay is TensorBoard text, not a flat chart per optimizer (each quantity logged once)
     assert not [k for r in rows for k, v in r.items() if k.startswith("ema/decay") and v], rows[0].keys()
     for i, module in enumerate((model.generator, model.discriminator)):
         expected = _ema_of(recorder.steps[i][::every], 0.5)
@@ -278,14 +278,14 @@ def test_gan_each_optimizer_is_averaged_after_its_own_steps(tmp_path: Path, ever
 def test_skipped_batches_are_not_steps(tmp_path: Path) -> None:
     recorder, model, ema = StepRecorder(), SkippingBoringModel(skip_batches=[0, 3]), EMA(decay=0.5)
     csv_fit(tmp_path, [ema, recorder], model)
-    assert ema._updates == [6] and len(recorder.steps[0]) == 6
+    assert [o.updates for o in ema._opts] == [6] and len(recorder.steps[0]) == 6
     torch.testing.assert_close(model.layer.weight.double(), _ema_of(recorder.steps[0], 0.5)[0])
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_precision(tmp_path: Path, precision: str) -> None:
     """The average is kept in float32 (float64 under 64-true) and equals the EMA of the weights each step left, also
-    when the module is bf16 / fp16 (the old code raised in _foreach_lerp_ under bf16-true)."""
+    when the module is bf16 / fp16 (a bf16 average would round the updates away)."""
     recorder, model, ema = StepRecorder(), SkippingBoringModel(), EMA(decay=0.5)
     csv_fit(tmp_path, [ema, recorder], model, **precision_options(precision))
     average = ema._average_model.module.layer.weight  # type: ignore[union-attr]
@@ -296,13 +296,13 @@ def test_every_precision(tmp_path: Path, precision: str) -> None:
 
 
 def test_reused_instance_averages_the_second_fit(tmp_path: Path) -> None:
-    """Old code: the second fit never updated (its global step stayed below the first fit's last update) and its
-    end-of-training copy put back the weights the model started with."""
+    """Fresh per fit: the second fit averages its own steps (a step count kept from the first fit would stay above
+    the new fit's steps, so nothing would update and the end-of-training copy would put back its starting weights)."""
     ema = EMA(decay=0.5)
     csv_fit(tmp_path / "a", ema, SkippingBoringModel())
     recorder, model = StepRecorder(), SkippingBoringModel(lr=0.05)
     csv_fit(tmp_path / "b", [ema, recorder], model)
-    assert ema._updates == [8]
+    assert [o.updates for o in ema._opts] == [8]
     torch.testing.assert_close(model.layer.weight.double(), _ema_of(recorder.steps[0], 0.5)[0])
 
 
@@ -314,6 +314,6 @@ def test_refuses_sharded_strategies() -> None:
 
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
     (full, (full_ema,)), (resumed, (resumed_ema,)) = gan_resume_runs(tmp_path, lambda: [EMA(decay=0.7, warmup=True)])
-    assert full_ema._updates == resumed_ema._updates == [8, 8]
+    assert [o.updates for o in full_ema._opts] == [o.updates for o in resumed_ema._opts] == [8, 8]
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the averaged weights, copied in at the end

@@ -40,7 +40,6 @@ from lightning_tricks.callbacks.gradient_clipping import (
     adaptive_clip_grad_,
     autoclip_threshold,
     clip_to_max_norm_,
-    scale_to_max_norm_,
 )
 
 
@@ -82,11 +81,11 @@ _trainer = partial(tiny_trainer, **TRAIN_ONLY_ON_CPU, limit_train_batches=4)
 
 def test_maths_on_hand_computed_tensors() -> None:
     grads = [torch.tensor([3.0]), torch.tensor([4.0])]  # total norm 5
-    clipped = scale_to_max_norm_(grads, 1.0, torch.tensor(5.0))
+    coef = clip_to_max_norm_(grads, 1.0, torch.tensor(5.0))
     torch.testing.assert_close(torch.cat(grads), torch.tensor([0.6, 0.8]), rtol=1e-5, atol=0)
-    assert clipped.item() == 1.0
+    assert coef is not None and coef.item() == pytest.approx(0.2, rel=1e-5)
     grads = [torch.tensor([0.3, 0.4])]
-    assert scale_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)).item() == 0.0
+    assert clip_to_max_norm_(grads, torch.tensor(1.0), torch.tensor(0.5)) is None
     torch.testing.assert_close(grads[0], torch.tensor([0.3, 0.4]))
 
     # On the CPU a norm within the threshold writes nothing (factor exactly 1); a clipped or non-finite one does.
@@ -252,7 +251,7 @@ def test_logged_keys(tmp_path: Path) -> None:
     _trainer(tmp_path, GradientClipping(threshold=1e-2), logger=logger, log_every_n_steps=2).fit(GradRecorder())
     rows = metrics_rows(logger.log_dir)
     keys = {k for row in rows for k, v in row.items() if v}
-    # alone, it owns the total norm; a constant threshold is TensorBoard text, not a flat chart (issue 12)
+    # alone, it owns the total norm; a constant threshold is TensorBoard text, not a flat chart
     assert {"grad_norm/total", "grad_clip/clipped_fraction"} <= keys
     assert not {"grad_clip/threshold", "grad_clip/total_norm"} & keys
     logged = [row for row in rows if row.get("grad_norm/total")]
@@ -345,12 +344,12 @@ def test_lightning_cli(tmp_path: Path) -> None:
     assert clip.percentile == 5.0
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer state; precision; sharding
+# ------------------------------------------------------------ the step rule: per-optimizer state; precision; sharding
 
 
 def test_gan_autoclip_history_per_optimizer(tmp_path: Path) -> None:
-    """AutoClip's threshold for each optimizer is the percentile of ITS OWN norm history (the old code mixed the
-    generator's and the discriminator's norms in one history and logged both under one key)."""
+    """AutoClip's threshold for each optimizer is the percentile of ITS OWN norm history (never the generator's
+    and the discriminator's norms in one history), logged under one key per optimizer."""
     _, rows = csv_fit(tmp_path, GradientClipping(mode="auto", percentile=50), TinyGAN())
     for i in (0, 1):
         norms = [float(r[f"grad_norm/total/opt{i}"]) for r in rows if r.get(f"grad_norm/total/opt{i}")]

@@ -1,4 +1,4 @@
-"""The per-batch hooks a callback does not implement are kept out of Lightning's dispatch (``_hooks.py``)."""
+"""The per-batch hooks a callback does not implement are kept out of Lightning's dispatch (``TrickCallback``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from _callback_helpers import tiny_trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_tricks import callbacks
-from lightning_tricks.callbacks._hooks import PER_BATCH_HOOKS
+from lightning_tricks.callbacks._base import PER_BATCH_HOOKS
 
 EXPORTED = [getattr(callbacks, name) for name in callbacks.__all__]
 

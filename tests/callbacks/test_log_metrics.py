@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_tricks.callbacks._monitoring import log_metrics
+from lightning_tricks.callbacks._logging import log_metrics
 
 
 def _scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:

@@ -149,10 +149,8 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_load_state_dict_wins_over_current_lr() -> None:
     decay = LRDecay()
-    decay.load_state_dict({"initial_lrs": [[0.5]]})
-    assert decay.initial_lrs == [[0.5]]
-    decay.load_state_dict({})  # an older checkpoint without the key keeps the current value
-    assert decay.initial_lrs == [[0.5]]
+    decay.load_state_dict({"initial_lrs": [[0.5]], "optimizer_steps": [3]})
+    assert decay.initial_lrs == [[0.5]] and decay._steps.counts == [3]
 
 
 def test_ddp_ranks_agree(tmp_path: Path) -> None:
@@ -207,12 +205,12 @@ def test_lightning_cli(tmp_path: Path) -> None:
     assert math.isclose(decay.gamma, 0.98)
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer steps; precision; reuse
+# ------------------------------------------------------------- the step rule: per-optimizer steps; precision; reuse
 
 
 def test_gan_each_optimizer_follows_its_own_schedule(tmp_path: Path) -> None:
     """Two optimizers step once per batch each: the default length (estimated_stepping_batches = 8) is 8 steps of
-    EACH; the old code counted global_step (2 per batch) and reached min_lr halfway."""
+    EACH (global_step counts 2 per batch: a schedule on it would reach min_lr halfway)."""
     recorder = StepRecorder()
     csv_fit(tmp_path, [LRDecay(mode="cosine", interval="step", min_lr=0.0), recorder], TinyGAN(lr=0.05))
     expected = [0.05 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
@@ -242,7 +240,7 @@ def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
 
 
 def test_reused_instance_reads_the_new_optimizers(tmp_path: Path) -> None:
-    """A second fit with a new Trainer starts from the new optimizer's lr and step 0 (the old code kept the first
+    """A second fit with a new Trainer starts from the new optimizer's lr and step 0 (fresh per fit: not the first
     fit's initial lrs and step counts)."""
     decay = LRDecay(gamma=0.5, interval="step")
     csv_fit(tmp_path / "first", decay, SkippingBoringModel(lr=0.1))
@@ -265,8 +263,8 @@ def test_every_precision(tmp_path: Path, precision: str) -> None:
 
 
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    """Each optimizer's step count is saved: the resumed run uses the same lrs (the old code derived its position
-    from the global step, which counts both optimizers)."""
+    """Each optimizer's step count is saved: the resumed run uses the same lrs (not a position derived from the
+    global step, which counts both optimizers)."""
     (full, (_, full_rec)), (resumed, (_, resumed_rec)) = gan_resume_runs(
         tmp_path,
         lambda: [LRDecay(mode="linear", interval="step", total=8), StepRecorder()],  # (the 1-epoch run too)

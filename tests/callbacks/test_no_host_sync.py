@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_tricks.callbacks import gradient_clipping
-from lightning_tricks.callbacks._monitoring import is_logging_step
+from lightning_tricks.callbacks._logging import is_logging_step
 
 _SYNCING_METHODS = (*HOST_SYNC_METHODS, "nonzero")
 LOG_EVERY = 5

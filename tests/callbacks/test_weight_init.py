@@ -27,7 +27,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_tricks.callbacks import WeightInit, _compat
+from lightning_tricks.callbacks import WeightInit, _base
 from lightning_tricks.callbacks.weight_init import apply_scales_, lsuv_, target_layers
 
 
@@ -315,7 +315,7 @@ def test_frozen_layers_left_alone_unless_included(tmp_path: Path, caplog: pytest
 
 def test_lsuv_refused_under_sharded_strategies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # FSDP / DeepSpeed need a GPU; the refusal keys on the strategy's class name, so treat the CPU one as sharded.
-    monkeypatch.setattr(_compat, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
+    monkeypatch.setattr(_base, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
     with pytest.raises(
         MisconfigurationException, match=r"WeightInit does not support the SingleDeviceStrategy.*orthogonal"
     ):

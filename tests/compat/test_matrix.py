@@ -23,7 +23,7 @@ from lightning.fabric.plugins.environments.lightning import find_free_network_po
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from lightning_tricks.callbacks import EMA, EarlyStopping, WeightInit, _compat
+from lightning_tricks.callbacks import EMA, EarlyStopping, WeightInit, _base
 
 
 @pytest.mark.parametrize(("case", "setting"), [pytest.param(c, s, id=f"{c}-{s}") for c, s in cells()])
@@ -43,9 +43,9 @@ def test_stack(setting: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_sharded_strategies(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # FSDP and DeepSpeed need a GPU. The refusals key on the strategy's class name (`_compat.SHARDED_STRATEGIES`),
+    # FSDP and DeepSpeed need a GPU. The refusals key on the strategy's class name (`_base.SHARDED_STRATEGIES`),
     # so the CPU strategy is declared sharded here: a refusing callback must raise at setup, the others must run.
-    monkeypatch.setattr(_compat, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
+    monkeypatch.setattr(_base, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
     callback = CASES[case].make(SETTINGS["accumulate"])
     if CASES[case].sharded == "supported":
         fit("accumulate", [callback], tmp_path, **CASES[case].trainer)

@@ -57,8 +57,8 @@ def test_optimizer_names_build_the_right_torch_optimizer(name: str, cls: type, d
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"optimizer": "lbfgs"}, r"`optimizer`.*\['sgd', 'momentum', 'nesterov'.*'lbfgs'"),
-        ({"lr_schedule": "step"}, r"`lr_schedule`.*\['none', 'onecycle', 'cosine'\].*'step'"),
+        ({"optimizer": "lbfgs"}, r"`optimizer`.*\('sgd', 'momentum', 'nesterov'.*'lbfgs'"),
+        ({"lr_schedule": "step"}, r"`lr_schedule`.*\('none', 'onecycle', 'cosine'\).*'step'"),
         ({"lr": 0.0}, r"`lr`.*> 0.*0\.0"),
         ({"lr": -1.0}, r"`lr`.*-1\.0"),
         ({"momentum": 1.0}, r"`momentum`.*\[0\.0, 1\.0\).*1\.0"),

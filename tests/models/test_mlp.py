@@ -73,8 +73,8 @@ def test_no_hidden_layer_is_logistic_regression() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"activation": "swish"}, r"`activation`.*'relu'.*'identity'\].*'swish'"),
-        ({"norm": "group"}, r"`norm`.*\['none', 'batch', 'layer', 'weight'\].*'group'"),
+        ({"activation": "swish"}, r"`activation`.*'relu'.*'identity'\).*'swish'"),
+        ({"norm": "group"}, r"`norm`.*\('none', 'batch', 'layer', 'weight'\).*'group'"),
         ({"dropout": 1.0}, r"`dropout`.*\[0\.0, 1\.0\).*1\.0"),
         ({"hidden_sizes": [8, 0]}, r"`hidden_sizes`.*\[8, 0\]"),
         ({"input_size": 0}, r"`input_size`"),
