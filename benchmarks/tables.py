@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -201,7 +202,7 @@ def render_time_to_accuracy(payload: dict[str, Any]) -> str:
 
 
 def render_cpu_threads(payload: dict[str, Any]) -> str:
-    rows = [[r["config"], r["variant"], f"{sorted(r['ms_per_step'])[len(r['ms_per_step']) // 2]:.0f}",
+    rows = [[r["config"], r["variant"], f"{statistics.median(r['ms_per_step']):.0f}",
              " ".join(f"{ms:.0f}" for ms in r["ms_per_step"]), " ".join(f"{load:.1f}" for load in r["load_average"])]
             for r in payload["results"]]  # fmt: skip
     header = ["config", "variant", "median ms/step", "each round (ms/step)", "1-minute load at each start"]
