@@ -89,10 +89,9 @@ def test_overhead_all_suites_smoke(capsys: pytest.CaptureFixture[str]) -> None:
             assert row["met_vs_peers"] == (all(r["median"] <= 1 for r in row["vs_peers"].values())
                                            if row["vs_peers"] else None)  # fmt: skip
             assert row["met"] == (None if row["target"] is None else row["vs_off"]["median"] <= row["target"])
-    singles = {type(c).__name__ for name in payloads["callbacks"]["settings"][0]["rows"]
-               for c in bench.VARIANTS[name["name"]].build()}  # fmt: skip
-    assert singles == set(callbacks.__all__) | {"DoNothing"}
-    assert [type(c).__name__ for c in bench.VARIANTS[bench.ALL].build()] == [n for n, *_ in bench.CALLBACKS]
+    built = [type(c).__name__ for row in payloads["callbacks"]["settings"][0]["rows"]
+             for c in bench.VARIANTS[row["name"]].build()]  # fmt: skip
+    assert set(built) == set(callbacks.__all__) | {"DoNothing"}
     monitors = {row["name"]: row for row in payloads["monitors"]["settings"][0]["rows"]}
     assert monitors[bench.FOUR]["target"] == 1.03 and len(monitors) == 6  # no callback, four alone, four together
     ema = {row["name"]: row for row in payloads["ema"]["settings"][0]["rows"]}
@@ -104,6 +103,44 @@ def test_overhead_all_suites_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert groups == {"clipping", "clipping every step", "grad-norm monitor", "early stopping"}
     printed = capsys.readouterr().out
     assert "| **ours** `EMA(decay=0.999)` | ema |" in printed and "Command: `python benchmarks/overhead.py" in printed
+
+
+def test_overhead_registry() -> None:
+    """Every callback of the package is timed alone (fresh instances each time) and in the all-together variant, in
+    the recommended order; every peer has an "ours" variant of its group in the same suite."""
+    bench = load("overhead")
+    from lightning_tricks import callbacks
+
+    singles = [name for name, v in bench.VARIANTS.items() if v.side == "ours" and len(v.build()) == 1]
+    assert sorted(type(bench.VARIANTS[name].build()[0]).__name__ for name in singles if "callbacks" in
+                  bench.VARIANTS[name].suites) == sorted(callbacks.__all__)  # fmt: skip
+    together = bench.VARIANTS[bench.ALL].build()
+    assert [type(c).__name__ for c in together] == [name for name, *_ in bench.CALLBACKS]
+    assert all(a is not b for a, b in zip(together, bench.VARIANTS[bench.ALL].build(), strict=True))
+    for name, variant in bench.VARIANTS.items():
+        assert set(variant.suites) <= set(bench.SUITES), name
+        if variant.side == "peer":
+            assert any(v.side == "ours" and v.group == variant.group and set(v.suites) & set(variant.suites)
+                       for v in bench.VARIANTS.values()), name  # fmt: skip
+
+
+def test_overhead_table_says_when_a_target_is_unsettled() -> None:
+    """A target inside the rounds' range of the ratio is reported as not settled; ratios show their range."""
+    tables = load("tables")
+    assert tables.ratio({"median": 1.04321, "min": 0.98, "max": 1.1}) == "1.043 (0.980-1.100)"
+    assert tables.ratio({"median": 1.0, "min": 1.0, "max": 1.0}) == "1.000"
+    assert tables.verdict(True, [{"median": 1.0, "min": 0.9, "max": 1.2}], 1.03) == "met (inside the rounds' range)"
+    assert tables.verdict(False, [{"median": 1.2, "min": 1.1, "max": 1.3}], 1.03) == "**not met**"
+    row = {"name": "EMA(decay=0.999)", "group": "ema", "side": "ours", "step_ms_mean": 5.0, "step_ms_median": 4.0,
+           "vs_off": {"median": 1.1, "min": 1.0, "max": 1.2}, "target": None, "met": None, "met_vs_peers": False,
+           "vs_peers": {"peer": {"median": 1.05, "min": 0.95, "max": 1.2}}}  # fmt: skip
+    setting = {"setting": "cpu-mlp", "model": "M()", "batch_size": 2, "precision": "32-true", "clock": "c",
+               "rows": [row]}  # fmt: skip
+    text = tables.render_overhead({"steps": 10, "warmup": 2, "epoch_steps": 5, "rounds": 3, "settings": [setting],
+                                   "notes": ["a note"]})  # fmt: skip
+    assert "8 timed steps per fit (epochs of 5), rounds: 3" in text and text.endswith("Note: a note")
+    assert ("| **ours** `EMA(decay=0.999)` | ema | 5.000 / 4.000 | 1.100 (1.000-1.200) | 1.050 (0.950-1.200) to peer"
+            " | <= each peer: **not met** (inside the rounds' range) |") in text  # fmt: skip
 
 
 def test_overhead_step_includes_the_optimizer_step_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
