@@ -8,11 +8,10 @@ steps: start-up, data loading and the test pass are left out). Each row also giv
 
 The variants set the environment before torch starts, as a user would: ``OMP_NUM_THREADS=1``; ``OMP_NUM_THREADS=2``;
 ``OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning; libgomp reads the
-variable once, at load). What this measured is in ``benchmarks/RESULTS.md`` and picks
-:func:`lightning_tricks._threads.default_threads`.
+variable once, at load). What it measures informs :func:`lightning_tricks._threads.default_threads`.
 
 Usage: ``python benchmarks/cpu_threads.py [--configs examples/configs/small_resnet.yaml ...] [--steps 60]
-[--repeats 3]``
+[--rounds 3] [--save]`` (``--save``: ``benchmarks/results/cpu_threads.json`` for ``tables.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from _timing import interleave, markdown_table
+import _timing
+import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, str]] = {
@@ -67,23 +68,32 @@ def run_once(config: str, env_vars: dict[str, str], steps: int, log_every: int) 
         return step_seconds(Path(tmp)), load
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=CONFIGS, help="CLI configs to time")
     parser.add_argument("--steps", type=int, default=60, help="training steps per run")
     parser.add_argument("--log-every", type=int, default=10, help="steps between the timed events")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; every variant runs once per round")
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=3, help="every variant once per round, the order rotating")
+    parser.add_argument("--save", action="store_true", help="write benchmarks/results/cpu_threads.json")
+    args = parser.parse_args(argv)
+    started = _timing.start()
     runs = {(config, variant): (config, env) for config in args.configs for variant, env in VARIANTS.items()}
-    results = interleave(list(runs), args.repeats, lambda key, r: run_once(*runs[key], args.steps, args.log_every))
-    rows = []
-    for (config, name), measured in results.items():
-        times = " ".join(f"{1000 * seconds:.0f}" for seconds, _ in measured)
-        loads = " ".join(f"{load:.1f}" for _, load in measured)
-        rows.append([Path(config).name, name, 1000 * statistics.median(s for s, _ in measured), times, loads])
-        print(f"{config} {name}: {times} ms/step (load {loads})", flush=True)
-    header = ["config", "variant", "median ms/step", "each round (ms/step)", "1-min load at start"]
-    print("\n" + markdown_table(header, rows))
+    measured = _timing.interleave(list(runs), args.rounds, lambda key, r: run_once(*runs[key], args.steps,
+                                                                                    args.log_every))  # fmt: skip
+    results = [
+        {
+            "config": Path(config).name,
+            "variant": variant,
+            "ms_per_step": [1e3 * s for s, _ in rounds],
+            "load_average": [load for _, load in rounds],
+        }
+        for (config, variant), rounds in measured.items()
+    ]
+    payload = {"steps": args.steps, "rounds": args.rounds, "results": results}
+    record = _timing.finish("cpu_threads", ["cpu_threads.py", *argv], payload, started, args.save)
+    print(tables.render(record))
+    return record
 
 
 if __name__ == "__main__":

@@ -8,17 +8,18 @@ left of ``--budget`` seconds (a step whose estimate no longer fits is recorded a
    the steps that do not log), fp32 and bf16. Target: all pass, none skipped.
 2. ``trainer_vs_plain``: ``trainer_vs_plain.py --settings gpu-resnet18`` (bf16-mixed, channels_last, on-device
    data). Target: our Trainer setup <= 1.03x the hand-written loop.
-3. ``monitors_resnet18``: ``monitor_overhead.py --settings gpu-resnet18``: the four monitors on a ResNet-18 step.
-   Target: <= 1.01x the mean step (and plausible against the do-nothing noise floor).
+3. ``monitors_resnet18``: ``overhead.py --suite monitors --settings gpu-resnet18``: the four monitors on a ResNet-18
+   step. Target: the median over the rounds of the mean step's ratio <= 1.01x no callback.
 4. ``tta_resnet``, ``tta_mlp``, ``tta_inception``: ``time_to_accuracy.py`` with each model's recipe
    (``examples/configs/*.yaml``, bf16 on-device data), ``--seeds`` seeds (1 by default, to fit the budget; the
-   README's targets are over >= 3 seeds). Targets: ResNet >= 95.0% test accuracy in <= 30 s of ``fit``; MLP >= 91%
+   targets are for the mean of >= 3 seeds). Targets: ResNet >= 95.0% test accuracy in <= 30 s of ``fit``; MLP >= 91%
    in <= 10 s; Inception >= 94.0%.
 5. ``compile``: ``time_to_accuracy.py --models mlp --compile`` for 2 epochs: the ``torch.compile`` path under bf16.
    Target: it trains (>= 80% test accuracy after 2 epochs); its seconds are recorded.
 
 It writes ``gpu_check.json`` (every step: status, seconds, figures, target, met) and ``gpu_check.md`` (the same as
-a table) into ``--out`` after every step, so a run cut short still leaves what it measured.
+a table) into ``--out`` after every step, so a run cut short still leaves what it measured; ``--save`` also writes
+the JSON to ``benchmarks/results/gpu_check.json`` for ``tables.py``.
 
 ``--dry-run`` runs the same steps on the CPU at toy sizes (one file of GPU tests, which skip; tiny models, one or two
 batches; the compile step traces with dynamo's ``eager`` backend, as inductor's C++ build takes ~40 s on a small
@@ -42,8 +43,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import _timing
+import tables
 import torch
-from _timing import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "logs" / "gpu_check"
@@ -85,25 +87,41 @@ def _pytest(dry: bool, args: argparse.Namespace) -> dict[str, Any]:
 def _trainer_vs_plain(dry: bool, args: argparse.Namespace) -> dict[str, Any]:
     import trainer_vs_plain
 
-    argv = ["--settings", "cpu-mlp", "--epochs", "2", "--repeats", "1", "--train-subset", "64"] if dry else [
-        "--settings", "gpu-resnet18", "--epochs", "3", "--repeats", "3"]  # fmt: skip
-    (result,) = trainer_vs_plain.main(argv)
-    ratio = result["ratio_ours_over_plain"]
-    figures = {"ours_over_plain": ratio, "minimal_over_plain": result["ratio_minimal_over_plain"],
-               "epoch_seconds": result["epoch_seconds_median"], "argv": argv}  # fmt: skip
-    return {"figures": figures, "met": None if dry else ratio <= trainer_vs_plain.TARGET_GPU}
+    argv = ["--settings", "cpu-mlp", "--epochs", "2", "--rounds", "1", "--train-subset", "64"] if dry else [
+        "--settings", "gpu-resnet18", "--epochs", "3", "--rounds", "3"]  # fmt: skip
+    (result,) = trainer_vs_plain.main(argv)["results"]
+    figures = {key: result[key] for key in ("ours_over_plain", "minimal_over_plain", "epoch_seconds")}
+    return {
+        "figures": {**figures, "argv": argv},
+        "met": None if dry else result["ours_over_plain"]["median"] <= trainer_vs_plain.TARGET_GPU,
+    }
 
 
 def _monitors(dry: bool, args: argparse.Namespace) -> dict[str, Any]:
-    import monitor_overhead
+    import overhead
 
-    argv = ["--settings", "cpu-mlp", "--steps", "4", "--warmup", "1", "--repeats", "1"] if dry else [
-        "--settings", "gpu-resnet18", "--steps", "200", "--repeats", "5"]  # fmt: skip
-    rows = {row["monitors"]: row for row in monitor_overhead.main(argv)}
-    row = rows["all"]
-    keys = ("ratio_median", "ratio_mean", "noise_median", "noise_mean", "off_mean_ms", "on_mean_ms", "verdict")
-    figures = {**{key: row[key] for key in keys}, "argv": argv}
-    return {"figures": figures, "met": None if dry else row["verdict"] == "ok"}
+    argv = (
+        [
+            "--suite",
+            "monitors",
+            "--settings",
+            "cpu-mlp",
+            "--steps",
+            "4",
+            "--warmup",
+            "1",
+            "--epoch-steps",
+            "2",
+            "--rounds",
+            "1",
+        ]
+        if dry
+        else ["--suite", "monitors", "--settings", "gpu-resnet18", "--steps", "200"]
+    )
+    (setting,) = overhead.main(argv)["monitors"]["settings"]
+    row = next(row for row in setting["rows"] if row["name"] == overhead.FOUR)
+    figures = {key: row[key] for key in ("step_ms_mean", "step_ms_median", "vs_off", "target")}
+    return {"figures": {**figures, "argv": argv}, "met": None if dry else row["met"]}
 
 
 def _time_to_accuracy(
@@ -162,61 +180,50 @@ STEPS = [
 ]  # fmt: skip
 
 
-def render(payload: dict[str, Any]) -> str:
-    """The markdown summary of a check's JSON."""
-    met = {True: "**met**", False: "**not met**", None: "-"}
-    rows = [
-        [s["name"], s["status"], s["target"], met[s["met"]], f"{s['seconds']:.1f}",
-         json.dumps({k: v for k, v in s["figures"].items() if k not in ("argv", "command")}) if s["figures"]
-         else s.get("error", "")]
-        for s in payload["steps"]
-    ]  # fmt: skip
-    kind = "dry run on the CPU, toy sizes: targets not judged" if payload["dry_run"] else "full"
-    head = (f"GPU check ({kind}) on {payload['hardware']}, torch {payload['torch']}: {payload['seconds']:.0f} s of a"
-            f" {payload['budget_s']:.0f} s budget.")  # fmt: skip
-    return "\n".join([head, "", markdown_table(["step", "status", "target", "met", "seconds", "figures"], rows)])
-
-
-def write(payload: dict[str, Any], out: Path) -> None:
+def write(payload: dict[str, Any], args: argparse.Namespace, argv: list[str], started: dict[str, float]) -> Any:
+    """Stamp the check's record (:func:`_timing.finish`); write it into ``--out`` (and ``results/`` with ``--save``)."""
+    record = _timing.finish("gpu_check", ["gpu_check.py", *argv], payload, started, args.save)
+    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out / "gpu_check.md").write_text(render(payload) + "\n")
+    (out / "gpu_check.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / "gpu_check.md").write_text(tables.render(record) + "\n")
+    return record
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU at toy sizes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps (default: 8 minutes)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per time-to-accuracy model")
     parser.add_argument("--steps", nargs="+", choices=[s.name for s in STEPS], default=[s.name for s in STEPS])
+    parser.add_argument("--save", action="store_true", help="also write benchmarks/results/gpu_check.json")
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA GPU (torch.cuda.is_available() is False): run with --dry-run for the CPU toy run")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    hardware = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "CPU"
-    payload: dict[str, Any] = {"dry_run": args.dry_run, "hardware": hardware, "torch": torch.__version__,
-                               "budget_s": args.budget, "seconds": 0.0, "steps": []}  # fmt: skip
+    started, record = _timing.start(), {}
+    payload: dict[str, Any] = {"dry_run": args.dry_run, "budget_s": args.budget, "steps": []}
     start = time.perf_counter()
     for step in (s for s in STEPS if s.name in args.steps):
-        record: dict[str, Any] = {"name": step.name, "target": step.target, "figures": {}, "met": None}
+        entry: dict[str, Any] = {"name": step.name, "target": step.target, "figures": {}, "met": None}
         elapsed = time.perf_counter() - start
         if not args.dry_run and elapsed + step.estimate_s > args.budget:
-            record.update(status=f"skipped: {elapsed:.0f} s + ~{step.estimate_s:.0f} s exceeds the budget", seconds=0.0)
+            entry.update(status=f"skipped: {elapsed:.0f} s + ~{step.estimate_s:.0f} s exceeds the budget", seconds=0.0)
         else:
             print(f"== {step.name}: {step.target}", flush=True)
             t0 = time.perf_counter()
             try:
-                record.update(step.run(args.dry_run, args), status="ran")
+                entry.update(step.run(args.dry_run, args), status="ran")
             except Exception as err:  # a failed step is recorded, the others still run
-                record.update(status="error", error=f"{type(err).__name__}: {err}"[:500])
-            record["seconds"] = time.perf_counter() - t0
-        payload["steps"].append(record)
-        payload["seconds"] = time.perf_counter() - start
-        write(payload, args.out)
-    print(render(payload))
-    return payload
+                entry.update(status="error", error=f"{type(err).__name__}: {err}"[:500])
+            entry["seconds"] = time.perf_counter() - t0
+        payload["steps"].append(entry)
+        record = write(payload, args, argv, started)
+    print(tables.render(record))
+    return record
 
 
 if __name__ == "__main__":

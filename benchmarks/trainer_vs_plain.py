@@ -1,6 +1,7 @@
 """Epoch time of our Lightning setup vs a hand-written PyTorch loop: same network, same data, same optimizer.
 
-Variants, measured side by side in one process (``--repeats`` rounds, the order rotating every round; medians):
+Variants, measured side by side in one process (``--rounds`` rounds, every variant once per round, the order
+rotating; ``_timing``):
 
 - ``plain``: a hand-written loop. The data set lives in memory as ``uint8`` tensors (on the GPU when there is one);
   every epoch: a seeded permutation, batches sliced from it, normalized to ``[-1, 1]``, randomly cropped and flipped
@@ -16,47 +17,39 @@ Variants, measured side by side in one process (``--repeats`` rounds, the order 
   not training; without a terminal the CLI prints one summary line per epoch instead, left out here).
 
 The epoch time runs from one ``on_train_epoch_start`` to the next (training, validation, logging and checkpoint
-writing included); the first epoch of every run is a warm-up and is dropped. Ratios are of median epoch times. On a
-GPU: ``bf16-mixed`` (autocast in the plain loop), ``channels_last`` and on-device data (``on_device=True``), with
-``torch.cuda.synchronize()`` only at the epoch boundaries. On the CPU the clock is the process CPU time by default
-(robust to other processes on a shared machine; ``--clock wall`` for wall time).
+writing included); the first epoch of every run is a warm-up and is dropped. A run's figure is its median epoch;
+the ratios are taken per round and reported as their median and range. On a GPU: ``bf16-mixed`` (autocast in the
+plain loop), ``channels_last`` and on-device data (``on_device=True``), with ``torch.cuda.synchronize()`` only at the
+epoch boundaries.
 
 Settings (``--settings``): ``cpu-mlp`` (MLP 512-256, batch norm, dropout, 8192 training images), ``cpu-mlp-full``
 (the same on the whole training split, 58,976 images: a ~3 s epoch, over which the per-epoch validation and
 checkpoint are amortized as in a real run), ``cpu-mlp-256``
-(MLP 256-256, batch 128, 8192 images: ``hook_cost.py``'s network), ``cpu-resnet``
+(MLP 256-256, batch 128, 8192 images: the network of ``overhead.py``'s ``cpu-mlp``), ``cpu-resnet``
 (ResNet with two stages of one block, width 16, 2048 images), ``gpu-mlp`` (``examples/configs/mlp.yaml``'s MLP, full
 data), ``gpu-resnet18`` (``examples/configs/resnet.yaml``: ResNet-18 layout, batch 512, full data). GPU target:
 ``lightning_ours / plain <= 1.03``.
 
-Usage: ``python benchmarks/trainer_vs_plain.py [--settings cpu-mlp cpu-resnet] [--epochs 4] [--repeats 3]``.
-Prints one JSON line and a markdown table.
+Usage: ``python benchmarks/trainer_vs_plain.py [--settings cpu-mlp cpu-resnet] [--epochs 4] [--rounds 3] [--save]``.
+Prints a markdown table; ``--save`` writes ``benchmarks/results/trainer_vs_plain.json`` for ``tables.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
+import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import _timing
 import lightning.pytorch as pl
+import tables
 import torch
 import torch.nn.functional as F
-from _timing import (
-    DeviceSettings,
-    add_threads_option,
-    apply_threads,
-    device_settings,
-    hardware,
-    interleave,
-    make_clock,
-    markdown_table,
-    median,
-    quiet_lightning,
-)
+from _timing import DeviceSettings
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -80,7 +73,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "model_args": {"hidden_sizes": [512, 256], "norm": "batch", "dropout": 0.2},
         "data_args": {"batch_size": 256, "val_size": 1024},
     },
-    "cpu-mlp-256": {  # hook_cost.py's MLP 784-256-256-10 at batch 128
+    "cpu-mlp-256": {  # overhead.py's cpu-mlp network: MLP 784-256-256-10 at batch 128
         "model": MLPClassifier,
         "model_args": {"hidden_sizes": [256, 256]},
         "data_args": {"batch_size": 128, "train_subset": 8192, "val_size": 1024},
@@ -228,86 +221,60 @@ def run_plain(
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
-def measure(
-    setting: str, settings: DeviceSettings, epochs: int, repeats: int, clock: str, compile: bool
-) -> dict[str, Any]:
-    now = make_clock(settings, clock)  # type: ignore[arg-type]
+def measure(setting: str, settings: DeviceSettings, epochs: int, rounds: int, compile: bool) -> dict[str, Any]:
+    now = _timing.clock(settings)
 
-    def run(variant: str, round_: int) -> list[float]:
+    def run(variant: str, round_: int) -> float:
         if variant == "plain":
             times = run_plain(setting, settings, epochs, round_, now, compile)
         else:
             times = run_lightning(setting, variant, settings, epochs, round_, now, compile)
-        return times[1:]  # the first epoch is a warm-up
+        return statistics.median(times[1:])  # the first epoch is a warm-up
 
-    samples = interleave(VARIANTS, repeats, run)
-    epoch = {variant: median(t for run_ in samples[variant] for t in run_) for variant in VARIANTS}
+    epochs_of = _timing.interleave(VARIANTS, rounds, run)
     spec = SETTINGS[setting]
     return {
         "setting": setting,
-        "hardware": hardware(settings),
+        "model": f"{spec['model'].__name__}({', '.join(f'{k}={v!r}' for k, v in spec['model_args'].items())})",
+        "batch_size": spec["data_args"]["batch_size"],
+        "train_images": spec["data_args"].get("train_subset") or "all",
         "precision": settings.precision,
-        "clock": "wall" if settings.cuda else clock,
-        "model": f"{spec['model'].__name__}({spec['model_args']})",
-        "data": spec["data_args"],
-        "epochs_timed_per_run": epochs - 1,
-        "repeats": repeats,
-        "epoch_seconds_median": epoch,
-        "ratio_minimal_over_plain": epoch["lightning_minimal"] / epoch["plain"],
-        "ratio_ours_over_plain": epoch["lightning_ours"] / epoch["plain"],
+        "clock": _timing.clock_name(settings),
+        "epoch_seconds": {variant: statistics.median(times) for variant, times in epochs_of.items()},
+        "minimal_over_plain": _timing.ratios(epochs_of["lightning_minimal"], epochs_of["plain"]),
+        "ours_over_plain": _timing.ratios(epochs_of["lightning_ours"], epochs_of["plain"]),
         "target": TARGET_GPU if settings.cuda else None,
     }
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None,
                         help="default: the gpu-* settings on a GPU, the cpu-* ones otherwise")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is dropped)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clock", choices=("process", "wall"), default="process", help="CPU clock")
+    parser.add_argument("--rounds", type=int, default=3, help="every variant once per round, the order rotating")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in every variant")
-    add_threads_option(parser)
     parser.add_argument("--train-subset", type=int, default=None, help="override the settings' training subset")
+    _timing.add_common_options(parser)
     args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (the first epoch is dropped)")
-    apply_threads(args.threads)
-    quiet_lightning()
-    settings = device_settings()
-    default = ["gpu-mlp", "gpu-resnet18"] if settings.cuda else ["cpu-mlp", "cpu-resnet"]
-    names = args.settings or default
+    if args.epochs < 2 or args.rounds < 1:
+        parser.error(f"--epochs must be >= 2 (the first epoch is dropped) and --rounds >= 1; got {args}")
+    names = args.settings or (["gpu-mlp", "gpu-resnet18"] if torch.cuda.is_available() else ["cpu-mlp", "cpu-resnet"])
+    if not torch.cuda.is_available() and (gpu := [name for name in names if name.startswith("gpu")]):
+        parser.error(f"--settings {' '.join(gpu)} needs a CUDA GPU; torch.cuda.is_available() is False")
+    started = _timing.begin(args.threads)
     if args.train_subset is not None:
         for name in names:
             SETTINGS[name]["data_args"] = {**SETTINGS[name]["data_args"], "train_subset": args.train_subset}
     results = []
     for name in names:
-        if name.startswith("gpu") and not torch.cuda.is_available():
-            print(f"Note: {name} skipped: no CUDA GPU")
-            continue
-        device = device_settings("cuda" if name.startswith("gpu") else "cpu")
-        results.append(measure(name, device, args.epochs, args.repeats, args.clock, args.compile))
-    print(json.dumps(results))
-    print()
-    print(render(results))
-    return results
-
-
-def render(results: list[dict[str, Any]]) -> str:
-    """The markdown table of a run's JSON line (``tables.py`` puts it into the README and ``RESULTS.md``)."""
-    rows = []
-    for r in results:
-        epoch = r["epoch_seconds_median"]
-        rows.append([
-            r["setting"], r["model"], f"{r['data']['batch_size']}, {r['data'].get('train_subset') or 'all'} images",
-            f"{r['hardware']}, {r['precision']}, {r['clock']} clock", f"{epoch['plain']:.3f}",
-            f"{epoch['lightning_minimal']:.3f}", f"{epoch['lightning_ours']:.3f}",
-            f"{r['ratio_minimal_over_plain']:.3f}", f"{r['ratio_ours_over_plain']:.3f}",
-            "-" if r["target"] is None else f"<= {r['target']}",
-        ])  # fmt: skip
-    header = ["setting", "model", "batch, training images", "hardware", "plain s/epoch", "minimal s/epoch",
-              "ours s/epoch", "minimal / plain", "ours / plain", "target"]  # fmt: skip
-    return markdown_table(header, rows)
+        device = _timing.device_settings("cuda" if name.startswith("gpu") else "cpu")
+        results.append(measure(name, device, args.epochs, args.rounds, args.compile))
+    payload = {"epochs": args.epochs, "rounds": args.rounds, "results": results}
+    record = _timing.finish("trainer_vs_plain", ["trainer_vs_plain.py", *argv], payload, started, args.save)
+    print(tables.render(record))
+    return record
 
 
 if __name__ == "__main__":
