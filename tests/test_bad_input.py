@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from _options import constructor_options
+from helpers.options import constructor_options
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 

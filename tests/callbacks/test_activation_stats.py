@@ -8,7 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from _callback_helpers import callback_from_cli, metrics_rows, read_rank_json, tiny_trainer, write_rank_json
+from helpers.data import metrics_rows
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import callback_from_cli, tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger

@@ -9,18 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
-    WITH_VALIDATION,
-    ScriptedMetricModel,
-    callback_from_cli,
-    fixed_loader,
-    precision_options,
-    read_rank_texts,
-    tensors_digest,
-    tiny_trainer,
-    write_rank_text,
-)
+from helpers.data import fixed_loader
+from helpers.models import ScriptedMetricModel
+from helpers.ranks import read_rank_texts, tensors_digest, write_rank_text
+from helpers.trainers import PRECISIONS, WITH_VALIDATION, callback_from_cli, precision_options, tiny_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint

@@ -9,22 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
-    SkippingBoringModel,
-    StepRecorder,
-    TinyGAN,
-    callback_from_cli,
-    csv_fit,
-    fixed_loader,
-    gan_resume_runs,
-    metrics_rows,
-    precision_options,
-    read_rank_texts,
-    tensors_digest,
-    tiny_trainer,
-    write_rank_text,
-)
+from helpers.data import fixed_loader, metrics_rows
+from helpers.models import SkippingBoringModel, StepRecorder, TinyGAN
+from helpers.ranks import read_rank_texts, tensors_digest, write_rank_text
+from helpers.trainers import PRECISIONS, callback_from_cli, csv_fit, gan_resume_runs, precision_options, tiny_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint

@@ -11,21 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _callback_helpers import (
-    DEVICES,
-    PRECISIONS,
-    TRAIN_ONLY_ON_CPU,
-    ScaledLossModel,
-    SkippingBoringModel,
-    TinyGAN,
-    callback_from_cli,
-    csv_fit,
-    fixed_loader,
-    metrics_rows,
-    no_host_sync,
-    precision_options,
-    tiny_trainer,
-)
+from helpers.data import fixed_loader, metrics_rows
+from helpers.host_sync import DEVICES, no_host_sync
+from helpers.models import ScaledLossModel, SkippingBoringModel, TinyGAN
+from helpers.trainers import PRECISIONS, TRAIN_ONLY_ON_CPU, callback_from_cli, csv_fit, precision_options, tiny_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint

@@ -8,21 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from _callback_helpers import (
+from helpers.data import fixed_loader, metrics_rows
+from helpers.models import SkippingBoringModel, StepRecorder, TinyGAN
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import (
     PRECISIONS,
     TRAIN_ONLY_ON_CPU,
-    SkippingBoringModel,
-    StepRecorder,
-    TinyGAN,
     callback_from_cli,
     csv_fit,
-    fixed_loader,
     gan_resume_runs,
-    metrics_rows,
     precision_options,
-    read_rank_json,
     tiny_trainer,
-    write_rank_json,
 )
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything

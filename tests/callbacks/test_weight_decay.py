@@ -9,21 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    DEVICES,
-    PRECISIONS,
-    TRAIN_ONLY_ON_CPU,
-    ScaledLossModel,
-    StepRecorder,
-    TinyGAN,
-    callback_from_cli,
-    csv_fit,
-    fixed_inputs,
-    metrics_rows,
-    no_host_sync,
-    precision_options,
-    tiny_trainer,
-)
+from helpers.data import fixed_inputs, metrics_rows
+from helpers.host_sync import DEVICES, no_host_sync
+from helpers.models import ScaledLossModel, StepRecorder, TinyGAN
+from helpers.trainers import PRECISIONS, TRAIN_ONLY_ON_CPU, callback_from_cli, csv_fit, precision_options, tiny_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint

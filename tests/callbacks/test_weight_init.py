@@ -10,16 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    WITH_VALIDATION,
-    callback_from_cli,
-    fixed_inputs,
-    fixed_loader,
-    read_rank_texts,
-    tensors_digest,
-    tiny_trainer,
-    write_rank_text,
-)
+from helpers.data import fixed_inputs, fixed_loader
+from helpers.ranks import read_rank_texts, tensors_digest, write_rank_text
+from helpers.trainers import WITH_VALIDATION, callback_from_cli, tiny_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint

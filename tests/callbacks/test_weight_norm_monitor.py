@@ -11,21 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
-    TRAIN_ONLY_ON_CPU,
-    SkippingBoringModel,
-    TinyGAN,
-    callback_from_cli,
-    count_host_reads_in_hooks,
-    csv_fit,
-    fixed_loader,
-    metrics_rows,
-    precision_options,
-    read_rank_json,
-    tiny_trainer,
-    write_rank_json,
-)
+from helpers.data import fixed_loader, metrics_rows
+from helpers.host_sync import count_host_reads_in_hooks
+from helpers.models import SkippingBoringModel, TinyGAN
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import PRECISIONS, TRAIN_ONLY_ON_CPU, callback_from_cli, csv_fit, precision_options, tiny_trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint

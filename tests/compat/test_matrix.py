@@ -18,7 +18,7 @@ from _compat_matrix import (
     run_ddp_stack,
     run_stack,
 )
-from _compat_modules import Validated
+from helpers.third_party import Validated
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
