@@ -12,12 +12,9 @@ from helpers.data import fixed_loader, metrics_rows
 from helpers.models import SkippingBoringModel, StepRecorder, TinyGAN
 from helpers.ranks import read_rank_json, write_rank_json
 from helpers.trainers import (
-    PRECISIONS,
     TRAIN_ONLY_ON_CPU,
-    callback_from_cli,
     csv_fit,
     gan_resume_runs,
-    precision_options,
     tiny_trainer,
 )
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -171,38 +168,6 @@ def test_total_cannot_be_inferred(tmp_path: Path) -> None:
         _trainer(tmp_path, LRDecay(mode="cosine"), max_epochs=-1, max_steps=3).fit(LRRecorder())
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"mode": "poly"}, r"`mode`.*\('exponential', 'step', 'cosine', 'linear'\).*'poly'"),
-        ({"interval": "batch"}, r"`interval`.*\('epoch', 'step'\).*'batch'"),
-        ({"gamma": 1.5}, r"`gamma`.*\(0, 1\].*1.5"),
-        ({"warmup": -1}, r"`warmup`.*-1"),
-        ({"min_lr": -0.1}, r"`min_lr`.*-0.1"),
-        ({"step_size": 0}, r"`step_size`.*0"),
-        ({"total": 0}, r"`total`.*0"),
-    ],
-)
-def test_invalid_options(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        LRDecay(**kwargs)
-
-
-def test_lightning_cli(tmp_path: Path) -> None:
-    decay = callback_from_cli(
-        LRDecay,
-        [
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=LRDecay",
-            "--trainer.callbacks.mode=cosine",
-            "--trainer.callbacks.interval=step",
-            "--trainer.callbacks.warmup=10",
-        ],
-    )
-    assert (decay.mode, decay.interval, decay.warmup) == ("cosine", "step", 10)
-    assert math.isclose(decay.gamma, 0.98)
-
-
 # ------------------------------------------------------------------ rule 7: per-optimizer steps; precision; reuse
 
 
@@ -235,29 +200,6 @@ def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
         accumulate_grad_batches=2,
     )
     assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.1 * 0.5**k for k in range(4)])
-
-
-def test_reused_instance_reads_the_new_optimizers(tmp_path: Path) -> None:
-    """A second fit with a new Trainer starts from the new optimizer's lr and step 0 (the old code kept the first
-    fit's initial lrs and step counts)."""
-    decay = LRDecay(gamma=0.5, interval="step")
-    csv_fit(tmp_path / "first", decay, SkippingBoringModel(lr=0.1))
-    recorder = StepRecorder()
-    csv_fit(tmp_path / "second", [decay, recorder], SkippingBoringModel(lr=0.04))
-    assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.04 * 0.5**k for k in range(8)])
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_every_precision(tmp_path: Path, precision: str) -> None:
-    recorder = StepRecorder()
-    trainer, _ = csv_fit(
-        tmp_path, [LRDecay(gamma=0.5, interval="step"), recorder], SkippingBoringModel(), **precision_options(precision)
-    )
-    lrs = [lrs[0] for lrs in recorder.lrs[0]]
-    assert lrs == pytest.approx([0.1 * 0.5**k for k in range(len(lrs))])
-    # 16-mixed: the steps the GradScaler skips (its routine first overflow) do not advance the schedule
-    assert len(lrs) == 8 or (precision == "16-mixed" and 4 <= len(lrs) < 8)
-    assert trainer.global_step == 8
 
 
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
