@@ -213,17 +213,17 @@ def test_ema_logs_decay(tmp_path: Path) -> None:
     assert [float(row["ema/decay"]) for row in rows] == pytest.approx(expected, rel=1e-6)
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer steps; precision; reuse
+# ----------------------------------------------------------------------------- the step rule: per-optimizer steps
 
 
 @pytest.mark.parametrize("every", [1, 2])
 def test_gan_each_optimizer_is_averaged_after_its_own_steps(tmp_path: Path, every: int) -> None:
     """Generator and discriminator step once per batch each: each one's weights are averaged after its own steps
-    0, n, 2n, ... (the old code never updated with n=2: the shared global step it checked was always odd)."""
+    0, n, 2n, ... (a check on the shared global step would never update with n=2: it is always odd there)."""
     recorder, model, ema = StepRecorder(), TinyGAN(), EMA(decay=0.5, update_every_n_steps=every)
     _, rows = csv_fit(tmp_path, [ema, recorder], model)
     assert ema._updates == [8 // every, 8 // every]
-    # a constant decay is TensorBoard text, not a flat chart per optimizer (issue 12: one key per quantity)
+    # a constant decay is TensorBoard text, not a flat chart per optimizer (one key per quantity)
     assert not [k for r in rows for k, v in r.items() if k.startswith("ema/decay") and v], rows[0].keys()
     for i, module in enumerate((model.generator, model.discriminator)):
         expected = ema_of(recorder.steps[i][::every], 0.5)

@@ -1,4 +1,4 @@
-"""Shared per-step gradient statistics (issue 13 item 1) and what a person sees of them (issue 12 items 1-3).
+"""Shared gradient statistics, computed once per step, and what a person sees of them (readable at any size).
 
 One ``_foreach_norm`` over the gradients per optimizer step, whatever combination of ``GradientHealth``,
 ``WeightNormMonitor`` and ``GradientClipping`` is on; the same results as each callback alone; the total gradient norm

@@ -240,7 +240,7 @@ def test_logged_keys(tmp_path: Path) -> None:
     _trainer(tmp_path, GradientClipping(threshold=1e-2), logger=logger, log_every_n_steps=2).fit(GradRecorder())
     rows = metrics_rows(logger.log_dir)
     keys = {k for row in rows for k, v in row.items() if v}
-    # alone, it owns the total norm; a constant threshold is TensorBoard text, not a flat chart (issue 12)
+    # alone, it owns the total norm; a constant threshold is TensorBoard text, not a flat chart (one key per quantity)
     assert {"grad_norm/total", "grad_clip/clipped_fraction"} <= keys
     assert not {"grad_clip/threshold", "grad_clip/total_norm"} & keys
     logged = [row for row in rows if row.get("grad_norm/total")]
@@ -303,12 +303,12 @@ def test_conflicts_with_trainer_gradient_clip_val(tmp_path: Path) -> None:
         trainer.fit(GradRecorder())
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer state; precision; sharding
+# ----------------------------------------------------------------------------- the step rule: per-optimizer state
 
 
 def test_gan_autoclip_history_per_optimizer(tmp_path: Path) -> None:
-    """AutoClip's threshold for each optimizer is the percentile of ITS OWN norm history (the old code mixed the
-    generator's and the discriminator's norms in one history and logged both under one key)."""
+    """AutoClip's threshold for each optimizer is the percentile of ITS OWN norm history (one shared history would mix
+    the generator's and the discriminator's norms, and one key would log both)."""
     _, rows = csv_fit(tmp_path, GradientClipping(mode="auto", percentile=50), TinyGAN())
     for i in (0, 1):
         norms = [float(r[f"grad_norm/total/opt{i}"]) for r in rows if r.get(f"grad_norm/total/opt{i}")]

@@ -250,7 +250,7 @@ def test_logged_keys_in_tensorboard(tmp_path: Path) -> None:
     keys = {"median_norm", "min_layer_ratio", "nonfinite_steps", "skipped_steps"}
     tags = set(acc.Tags()["scalars"])
     assert {f"grad_health/{k}" for k in keys} | {"grad_norm/total"} <= tags  # alone, it owns the total norm
-    # counters are drawn from their first event on, never as a chart of zeros (issue 12)
+    # counters are drawn from their first event on, never as a chart of zeros (readable at any size)
     never_moved = {"exploding_steps", "scaler_skipped_steps", "vanishing_layers"}  # no layer vanishes here
     assert not ({f"grad_health/{k}" for k in never_moved} | {"grad_health/total_norm"}) & tags
     skipped = acc.Scalars("grad_health/skipped_steps")
@@ -353,7 +353,7 @@ def test_warn_mode_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pyte
     assert state["reads"] == 2  # 8 steps, logging at steps 4 and 8: one transfer each
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer state; precision; reuse
+# ------------------------------------------------------------------------ the step rule: per-optimizer state
 
 
 def test_gan_histories_are_per_optimizer(tmp_path: Path) -> None:
@@ -384,7 +384,7 @@ def test_scaler_overflow_is_not_a_nonfinite_gradient(tmp_path: Path) -> None:
     cb = GradientHealth(action="stop")
     trainer, rows = csv_fit(tmp_path, cb, ScaledLossModel(30.0), **precision_options("16-mixed"))
     counts = cb._opts[0].counts
-    assert trainer.global_step == 8 and not trainer.should_stop  # the old code stopped at step 1
+    assert trainer.global_step == 8 and not trainer.should_stop  # no stop at the scaler's first overflow
     assert counts["scaler_skipped_steps"] > 0 and counts["nonfinite_steps"] == counts["skipped_steps"] == 0
     assert cb._steps.counts == [8 - counts["scaler_skipped_steps"]]  # the scaler's skips are not steps
     assert float(rows[-1]["grad_health/scaler_skipped_steps"]) == counts["scaler_skipped_steps"]

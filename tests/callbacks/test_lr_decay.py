@@ -168,12 +168,12 @@ def test_total_cannot_be_inferred(tmp_path: Path) -> None:
         _trainer(tmp_path, LRDecay(mode="cosine"), max_epochs=-1, max_steps=3).fit(LRRecorder())
 
 
-# ------------------------------------------------------------------ rule 7: per-optimizer steps; precision; reuse
+# ----------------------------------------------------------------------------- the step rule: per-optimizer steps
 
 
 def test_gan_each_optimizer_follows_its_own_schedule(tmp_path: Path) -> None:
     """Two optimizers step once per batch each: the default length (estimated_stepping_batches = 8) is 8 steps of
-    EACH; the old code counted global_step (2 per batch) and reached min_lr halfway."""
+    EACH; counting global_step (2 per batch) would reach min_lr halfway."""
     recorder = StepRecorder()
     csv_fit(tmp_path, [LRDecay(mode="cosine", interval="step", min_lr=0.0), recorder], TinyGAN(lr=0.05))
     expected = [0.05 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
@@ -203,8 +203,8 @@ def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
 
 
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    """Each optimizer's step count is saved: the resumed run uses the same lrs (the old code derived its position
-    from the global step, which counts both optimizers)."""
+    """Each optimizer's step count is saved: the resumed run uses the same lrs (a position derived from the
+    global step would count both optimizers)."""
     (full, (_, full_rec)), (resumed, (_, resumed_rec)) = gan_resume_runs(
         tmp_path,
         lambda: [LRDecay(mode="linear", interval="step", total=8), StepRecorder()],  # (the 1-epoch run too)

@@ -1,4 +1,4 @@
-"""The package's meaning of "a step" (design rule 7), on plain torch optimizers: what counts, per optimizer."""
+"""The package's meaning of "a step" (the step rule), on plain torch optimizers: what counts, per optimizer."""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def test_bf16_mixed_l2_equals_sgd_weight_decay(tmp_path: Path) -> None:
     torch.testing.assert_close(ours.layer.weight, torchs.layer.weight, rtol=1e-6, atol=1e-7)
 
 
-# ------------------------------------------------------------------ rule 7: several optimizers; precision; sharding
+# ------------------------------------------------------------------------ the step rule: several optimizers
 
 
 def test_gan_each_optimizer_decayed_at_its_own_steps_and_logged_once(tmp_path: Path) -> None:
@@ -213,8 +213,8 @@ class _BatchEnds(Callback):
 
 
 def test_decoupled_skips_the_steps_a_grad_scaler_skips(tmp_path: Path) -> None:
-    """Under 16-mixed the first steps overflow and the GradScaler skips them: the weights must not shrink there (the
-    old code shrank them on every skipped step)."""
+    """Under 16-mixed the first steps overflow and the GradScaler skips them: the weights must not shrink there (a
+    skipped step is not a step)."""
     recorder = StepRecorder()
     ends = _BatchEnds(recorder)
     callbacks = [WeightDecay(0.5, mode="decoupled"), recorder, ends]

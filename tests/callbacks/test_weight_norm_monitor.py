@@ -61,7 +61,7 @@ class Recording(BoringModel):
             write_rank_json(self.out, self.global_rank, record)
 
 
-L = " Linear(32→2)"  # the label of BoringModel's `layer` in every per-parameter key (issue 12: readable names)
+L = " Linear(32→2)"  # the label of BoringModel's `layer` in every per-parameter key (readable names)
 _trainer = partial(tiny_trainer, limit_train_batches=8, limit_val_batches=0)  # every test passes its logger
 
 
@@ -195,7 +195,7 @@ def test_histogram_stats_on_hand_computed_tensors() -> None:
     assert table[1].tolist() == [2.0, 2.0, 4.0, 8.0, 16.0, 4.0, 0.0, 0.0]
 
 
-# ------------------------------------------------------------------ rule 7: several optimizers; precision; sharding
+# ------------------------------------------------------------------------ the step rule: several optimizers
 
 
 def _norm_of(row: dict[str, str], prefix: str) -> float:
@@ -204,7 +204,7 @@ def _norm_of(row: dict[str, str], prefix: str) -> float:
 
 def test_gan_total_covers_every_optimizer_once_per_batch(tmp_path: Path) -> None:
     """``grad_norm/total`` is the norm of the generator's AND the discriminator's gradients, logged once per batch
-    (the old code logged it once per optimizer under one key, so only the last optimizer's survived)."""
+    (logged once per optimizer under one key, only the last optimizer's would survive)."""
     _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), TinyGAN())
     rows = [r for r in rows if r.get("grad_norm/total")]
     assert len(rows) == 8
@@ -229,8 +229,8 @@ def _histogram_tags(log_dir: str) -> set[str]:
 
 
 def test_gan_histograms_for_every_optimizer_and_reused_instance(tmp_path: Path) -> None:
-    """Histograms of both optimizers' parameters (the old code wrote only the first stepping optimizer's), and again
-    in a second fit with the same instance (the old code remembered epoch 0 as done)."""
+    """Histograms of both optimizers' parameters (not only the first stepping optimizer's), and again
+    in a second fit with the same instance (fresh per fit: epoch 0 is not remembered as done)."""
     monitor = WeightNormMonitor(log_every_n_steps=50)
     for run in ("a", "b"):
         logger = TensorBoardLogger(tmp_path, name=run)

@@ -93,7 +93,7 @@ def test_lightning_cli_sees_every_option(tmp_path: Path, monkeypatch: pytest.Mon
 def test_channels_last_is_left_off_on_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """channels_last=True trains on the CPU in the default format: torch 2.14's oneDNN hangs (2 threads) or dies
     with SIGBUS (1 thread) in the backward of a channels-last 1x1 stride-2 conv with < 8 input channels on AVX2
-    (oneDNN #6035); width=4 has exactly such a downsampling conv, so this test hung before the fix."""
+    (oneDNN #6035); width=4 has exactly such a downsampling conv, so the test would hang if it ran channels-last."""
     x = torch.randn(16, 1, 28, 28)
     y = torch.randint(0, 10, (16,))
     model = ResNetClassifier(stages=[1, 1], width=4, channels_last=True, optimizer="momentum", lr=0.05)
