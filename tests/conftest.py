@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh DDP port per test, thread settings restored, and the real Fashion-MNIST files."""
+"""Shared fixtures: a fresh DDP port per test, thread settings restored, and the real Fashion-MNIST files and subset."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _options import constructor_options as _constructor_options
+from helpers.data import fashion_mnist_split
+from helpers.options import constructor_options as _constructor_options
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
+from torch.utils.data import TensorDataset
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +64,12 @@ def fashion_mnist_dir() -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fashion_subset(fashion_mnist_dir: Path) -> tuple[TensorDataset, TensorDataset]:
+    """2000 training images and 1000 test-set images (as validation data) of the real Fashion-MNIST, in [-1, 1]."""
+    return fashion_mnist_split(fashion_mnist_dir, "train", 2000), fashion_mnist_split(fashion_mnist_dir, "test", 1000)
 
 
 @pytest.fixture(scope="session")

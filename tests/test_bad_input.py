@@ -12,11 +12,12 @@ import inspect
 import math
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
-from _options import constructor_options
+from helpers.options import constructor_options
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -30,64 +31,87 @@ CLASSES: dict[str, type] = {
     if inspect.isclass(getattr(package, name)) and not issubclass(getattr(package, name), Exception)
 }
 
+
+@dataclass(frozen=True)
+class Says:
+    """An invalid value and a pattern its message must match besides naming the option and showing the value: the
+    option, the allowed values and the value given, in the order of the message template."""
+
+    value: Any
+    pattern: str
+
+
 #: Arguments a class needs besides the one under test.
 REQUIRED: dict[str, dict[str, Any]] = {"EarlyStopping": {"monitor": "val/loss"}}
 
-#: Invalid values per option name, or per ``Class.option`` where one name means different things.
+#: Invalid values per option name, or per ``Class.option`` where one name means different things; a :class:`Says`
+#: adds the pattern the message must match (each callback's allowed values).
 INVALID: dict[str, list[Any]] = {
     # choices
-    "GradientClipping.mode": ["bogus"],
-    "LRDecay.mode": ["bogus"],
-    "EarlyStopping.mode": ["avg"],
-    "WeightDecay.mode": ["l3"],
-    "interval": ["batch"],
-    "scheme": ["bogus"],
-    "nonlinearity": ["bogus"],
-    "fan_mode": ["fan_middle"],
-    "GradientHealth.action": ["bogus"],
-    "InputRangeCheck.action": ["bogus"],
+    "GradientClipping.mode": ["bogus", Says("median", r"`mode`.*\('norm', 'value', 'agc', 'auto'\).*'median'")],
+    "LRDecay.mode": ["bogus", Says("poly", r"`mode`.*\('exponential', 'step', 'cosine', 'linear'\).*'poly'")],
+    "EarlyStopping.mode": [Says("avg", "`mode`.*'min', 'max'.*'avg'")],
+    "WeightDecay.mode": ["l3", Says("l1", r"`mode`.*\('l2', 'decoupled'\).*'l1'")],
+    "interval": [Says("batch", r"`interval`.*\('epoch', 'step'\).*'batch'")],
+    "scheme": ["bogus", Says("he", "`scheme`.*xavier_uniform.*'he'")],
+    "nonlinearity": ["bogus", Says("gelu", "`nonlinearity`.*relu.*'gelu'")],
+    "fan_mode": ["fan_middle", Says("avg", "`fan_mode`.*fan_in.*'avg'")],
+    "GradientHealth.action": ["bogus", Says("ignore", "`action` to be one of")],
+    "InputRangeCheck.action": ["bogus", Says("ignore", r"`action`.*'warn', 'raise'.*'ignore'")],
     "optimizer": ["bogus"],
     "lr_schedule": ["bogus"],
     "activation": ["bogus"],
     "norm": ["bogus"],
     "value_range": ["bogus"],
     # numbers
-    "threshold": [0.0, -1.0, math.nan],
-    "norm_type": [0.0, -1.0],
-    "percentile": [0.0, 101.0],
-    "history_size": [0],
-    "agc_eps": [-1.0],
-    "gamma": [0.0, 1.5, -0.5],
-    "LRDecay.warmup": [-1],
-    "min_lr": [-0.1],
-    "step_size": [0],
-    "total": [0],
-    "min_delta": [-0.1],
-    "patience": [-1],
-    "start_from_epoch": [-1],
+    "threshold": [Says(0.0, r"`threshold`.*> 0.*0.0"), -1.0, math.nan],
+    "norm_type": [0.0, Says(-1.0, r"`norm_type`.*-1.0")],
+    "percentile": [0.0, 101.0, Says(150, r"`percentile`.*\(0, 100\].*150")],
+    "history_size": [Says(0, r"`history_size`.*0")],
+    "agc_eps": [-1.0, Says(0, r"`agc_eps`")],
+    "gamma": [0.0, Says(1.5, r"`gamma`.*\(0, 1\].*1.5"), -0.5],
+    "LRDecay.warmup": [Says(-1, r"`warmup`.*-1")],
+    "min_lr": [Says(-0.1, r"`min_lr`.*-0.1")],
+    "step_size": [Says(0, r"`step_size`.*0")],
+    "total": [Says(0, r"`total`.*0")],
+    "min_delta": [Says(-0.1, "`min_delta`.*>= 0.*-0.1")],
+    "patience": [Says(-1, "`patience`.*>= 0.*-1")],
+    "start_from_epoch": [-1, Says(-2, "`start_from_epoch`.*>= 0.*-2")],
     "bias": [math.nan],
     "gain": [0.0, -1.0],
-    "lsuv_tolerance": [0.0, -0.1],
-    "lsuv_max_iters": [0],
-    "lsuv_forward_fn": [3, "no_such_module.run", "not-a-path"],
-    "coefficient": [-1e-4],
-    "decay": [-0.1, 1.5],
-    "update_every_n_steps": [0],
-    "update_starting_at_step": [-1],
+    "lsuv_tolerance": [Says(0.0, "`lsuv_tolerance`.*> 0.*0.0"), -0.1],
+    "lsuv_max_iters": [Says(0, "`lsuv_max_iters`.*>= 1.*0")],
+    "lsuv_forward_fn": [
+        Says(3, "`lsuv_forward_fn`.*callable.*but got 3"),
+        "no_such_module.run",
+        "not-a-path",
+        Says("no_such_module.fn", "`lsuv_forward_fn`.*could not import 'no_such_module.fn'"),
+    ],
+    "coefficient": [Says(-1e-4, r"`coefficient`.*>= 0.*-0.0001")],
+    "decay": [-0.1, Says(1.5, r"`decay`.*\[0, 1\].*1.5")],
+    "update_every_n_steps": [Says(0, "`update_every_n_steps`.*>= 1.*0")],
+    "update_starting_at_step": [Says(-1, "`update_starting_at_step`.*-1")],
     "EMA.device": ["no-such-device"],
     "log_every_n_steps": [0, -1],
-    "histogram_every_n_epochs": [0],
+    "ActivationStats.log_every_n_steps": [Says(0, r"`log_every_n_steps`.*positive int or None.*0"), -1],
+    "GradientHealth.log_every_n_steps": [0, -1, -2],
+    "histogram_every_n_epochs": [0, -1],
+    "per_layer": ["yes"],  # a flag, checked in Python too
     "explode_factor": [1.0, 0.5],
-    "vanish_ratio": [-0.1, 1.0],
+    "vanish_ratio": [-0.1, 1.0, 1.5],
     "vanish_floor": [-1.0],
     "history": [0],
-    "min_history": [0, 1000],
+    "min_history": [0, 1000, 200],
     "check_every_n_steps": [0],
-    "layer_types": [["NoSuchLayer"]],
-    "saturation_threshold": [0.0, 1.5],
-    "expected": [(1.0, -1.0)],
-    "check_batches": [0],
-    "tolerance": [-1.0],
+    "layer_types": [
+        ["NoSuchLayer"],
+        Says(["NotAModule"], r"`layer_types`.*'Linear'.*NotAModule"),
+        Says(["functional"], r"`layer_types`.*'functional'"),
+    ],
+    "saturation_threshold": [0.0, Says(1.5, r"`saturation_threshold`.*\(0.5, 1\).*1.5")],
+    "expected": [Says((1.0, -1.0), r"`expected`.*low < high.*\(1.0, -1.0\)")],
+    "check_batches": [Says(0, r"`check_batches`.*>= 1.*0")],
+    "tolerance": [-1.0, Says(-0.1, r"`tolerance`.*>= 0.*-0.1")],
     "lr": [0.0, -1.0],
     "momentum": [-0.1, 1.0],
     "weight_decay": [-1.0],
@@ -136,10 +160,10 @@ def _cases() -> list[Any]:
     cases = []
     for class_name, cls in CLASSES.items():
         for parameter in constructor_options(cls):
-            for value in _lookup(INVALID, class_name, parameter.name) or []:
-                cases.append(
-                    pytest.param(class_name, parameter.name, value, id=f"{class_name}.{parameter.name}={value!r}")
-                )
+            for entry in _lookup(INVALID, class_name, parameter.name) or []:
+                value, pattern = (entry.value, entry.pattern) if isinstance(entry, Says) else (entry, None)
+                name = f"{class_name}.{parameter.name}={value!r}"
+                cases.append(pytest.param(class_name, parameter.name, value, pattern, id=name))
     return cases
 
 
@@ -156,13 +180,14 @@ def test_every_option_is_covered():
     assert not missing, f"options without invalid values in INVALID or a reason in FREE_FORM: {missing}"
 
 
-@pytest.mark.parametrize(("class_name", "option", "value"), _cases())
-def test_invalid_option_raises_value_error_naming_it(class_name, option, value):
+@pytest.mark.parametrize(("class_name", "option", "value", "pattern"), _cases())
+def test_invalid_option_raises_value_error_naming_it(class_name, option, value, pattern):
     kwargs = {**REQUIRED.get(class_name, {}), option: value}
     with pytest.raises(ValueError) as error:
         CLASSES[class_name](**kwargs)
     message = str(error.value)
-    assert re.search(rf"\b{option}\b", message), f"the message does not name `{option}`: {message}"
+    assert f"`{option}`" in message, f"the message does not name `{option}`: {message}"
+    assert pattern is None or re.search(pattern, message), f"the message does not match {pattern!r}: {message}"
     if value == []:
         return  # nothing to show: the message says the list must not be empty
     shown = [repr(value), str(value), f"{value:g}" if isinstance(value, float) else str(value)]

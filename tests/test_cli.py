@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _tensorboard_server import tensorboard_server
+from helpers.tensorboard_server import tensorboard_server
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

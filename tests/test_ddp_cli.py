@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _hardening_helpers import cli_command, cli_env
+from helpers.cli import cli_command, cli_env
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -54,9 +54,9 @@ def _fit(root: Path, data_dir: Path, devices: int, on_device: bool) -> subproces
         "--trainer.callbacks.threshold=1.0",
         "--trainer.callbacks+=EMA",
         "--trainer.callbacks.decay=0.9",
-        "--trainer.callbacks+=_hardening_helpers.RecordFinal",
+        "--trainer.callbacks+=helpers.cli.RecordFinal",
         f"--trainer.callbacks.path={root / 'final.pt'}",
-        "--trainer.callbacks+=_hardening_helpers.RecordTrainImages",
+        "--trainer.callbacks+=helpers.cli.RecordTrainImages",
         f"--trainer.callbacks.path={root / 'images.pt'}",
         "--test_after_fit=true",
     )

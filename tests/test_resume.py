@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _hardening_helpers import REPO, cli_command, cli_env
+from helpers.cli import REPO, cli_command, cli_env
 
 BATCHES_PER_EPOCH = 10  # train_subset 320 / batch_size 32
 MAX_EPOCHS = 3
@@ -92,7 +92,7 @@ def _args(config: Path, record: Path, on_device: bool, *extra: str) -> list[str]
         str(config),
         "--data.on_device",
         str(on_device).lower(),
-        "--trainer.callbacks+=_hardening_helpers.RecordFinal",
+        "--trainer.callbacks+=helpers.cli.RecordFinal",
         f"--trainer.callbacks.path={record}",
         *extra,
     )
@@ -158,7 +158,7 @@ def test_sigkill_mid_epoch_then_resume_from_last_equals_uninterrupted(
         config,
         record,
         on_device,
-        "--trainer.callbacks+=_hardening_helpers.KillAtStep",
+        "--trainer.callbacks+=helpers.cli.KillAtStep",
         f"--trainer.callbacks.step={step}",
     )
     _run(killed, expect_rc=-signal.SIGKILL)
@@ -183,7 +183,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_then_resume_equals_uninterrupted(t
     record = tmp_path / "final.pt"
     marker = tmp_path / "reached"
     step = 14  # no ModelCheckpoint save at steps 13..15: the SIGTERM checkpoint is the only one holding them
-    args = _args(config, record, False, "--trainer.callbacks+=_hardening_helpers.WaitForSigtermAtStep",
+    args = _args(config, record, False, "--trainer.callbacks+=helpers.cli.WaitForSigtermAtStep",
                  f"--trainer.callbacks.step={step}", f"--trainer.callbacks.marker={marker}")  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
@@ -242,7 +242,7 @@ def _random_kill_step(low: int, high: int) -> int:
 
 
 def _mlp_args(config: Path, record: Path, *extra: str) -> list[str]:
-    return cli_command("fit", "--config", str(config), "--trainer.callbacks+=_hardening_helpers.RecordFinal",
+    return cli_command("fit", "--config", str(config), "--trainer.callbacks+=helpers.cli.RecordFinal",
                        f"--trainer.callbacks.path={record}", *extra)  # fmt: skip
 
 
@@ -271,7 +271,7 @@ def test_shipped_mlp_config_with_dropout_killed_at_a_random_step_resumes_exactly
     context = f"killed at step {step} (reproduce with step = {step})"
     config = _mlp_config(tmp_path, fashion_mnist_dir)
     record = tmp_path / "final.pt"
-    _run(_mlp_args(config, record, "--trainer.callbacks+=_hardening_helpers.KillAtStep",
+    _run(_mlp_args(config, record, "--trainer.callbacks+=helpers.cli.KillAtStep",
                    f"--trainer.callbacks.step={step}"), expect_rc=-signal.SIGKILL)  # fmt: skip
     resumed = _run(_mlp_args(config, record, "--ckpt_path", "last"))
     assert "logging into the checkpoint's TensorBoard run" in resumed.stderr + resumed.stdout, context
@@ -319,7 +319,7 @@ def _assert_one_continuous_run(
 DDP_BATCHES = 4  # 224 samples / 2 ranks = 112 per rank, batches of 32
 DDP_STEPS = MLP_EPOCHS * DDP_BATCHES  # periodic last.ckpt at 3, 6, 9 (mid-epoch); the shipped one at 4, 8
 #: The ranks' RNG states differ (as with any per-rank randomness), so each rank must get its own state back.
-RANK_DRAWS = ("--trainer.callbacks+=_hardening_helpers.RankDependentDraws",)
+RANK_DRAWS = ("--trainer.callbacks+=helpers.cli.RankDependentDraws",)
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -354,7 +354,7 @@ def test_ddp_two_processes_killed_mid_epoch_resume_exactly(tmp_path, fashion_mni
     strategy = "ddp_spawn" if launcher == "ddp_spawn" else "ddp"
     config = _mlp_config(tmp_path, fashion_mnist_dir, devices=2, strategy=strategy)
     record = tmp_path / "final.pt"
-    kill = ("--trainer.callbacks+=_hardening_helpers.KillAtStep", f"--trainer.callbacks.step={step}")
+    kill = ("--trainer.callbacks+=helpers.cli.KillAtStep", f"--trainer.callbacks.step={step}")
     # torchrun resumes from the checkpoint's path in the run's folder, ddp_spawn from `last`: both continue that run
     last = tmp_path / "logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt" if launcher == "torchrun" else "last"
     killed = _mlp_args(config, record, *RANK_DRAWS, *kill)

@@ -8,7 +8,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from _callback_helpers import callback_from_cli, metrics_rows, read_rank_json, tiny_trainer, write_rank_json
+from helpers.data import metrics_rows
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
@@ -281,33 +283,3 @@ def test_boring_model(tmp_path: Path) -> None:
 def test_no_matching_layer_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="no module"):
         tiny_trainer(tmp_path, limit_train_batches=1, callbacks=[ActivationStats(include=["nothing*"])]).fit(TinyNet())
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"layer_types": ["NotAModule"]}, r"`layer_types`.*'Linear'.*NotAModule"),
-        ({"layer_types": ["functional"]}, r"`layer_types`.*'functional'"),
-        ({"log_every_n_steps": 0}, r"`log_every_n_steps`.*positive int or None.*0"),
-        ({"saturation_threshold": 1.5}, r"`saturation_threshold`.*\(0.5, 1\).*1.5"),
-    ],
-)
-def test_invalid_options(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        ActivationStats(**kwargs)
-
-
-def test_lightning_cli(tmp_path: Path) -> None:
-    cb = callback_from_cli(
-        ActivationStats,
-        [
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=ActivationStats",
-            "--trainer.callbacks.log_every_n_steps=5",
-            "--trainer.callbacks.layer_types=[Linear, Tanh]",
-            "--trainer.callbacks.exclude=[head*]",
-        ],
-    )
-    assert cb.log_every_n_steps == 5
-    assert cb.layer_types == (nn.Linear, nn.Tanh)
-    assert cb.exclude == ["head*"]

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
-    WITH_VALIDATION,
-    ScriptedMetricModel,
-    callback_from_cli,
-    fixed_loader,
-    precision_options,
-    read_rank_texts,
-    tensors_digest,
-    tiny_trainer,
-    write_rank_text,
-)
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from helpers.data import fixed_loader
+from helpers.models import ScriptedMetricModel
+from helpers.ranks import read_rank_texts, tensors_digest, write_rank_text
+from helpers.trainers import WITH_VALIDATION, tiny_trainer
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -171,53 +161,12 @@ def test_ddp_ranks_restore_the_same_weights(tmp_path: Path) -> None:
     assert lines[0][:2] == lines[1][:2] and lines[0][1] == "1"  # ... yet both restore rank 0's best, buffers included
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"mode": "avg"}, "`mode`.*'min', 'max'.*'avg'"),
-        ({"patience": -1}, "`patience`.*>= 0.*-1"),
-        ({"start_from_epoch": -2}, "`start_from_epoch`.*>= 0.*-2"),
-        ({"min_delta": -0.1}, "`min_delta`.*>= 0.*-0.1"),
-    ],
-)
-def test_invalid_options(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        EarlyStopping("val_loss", **kwargs)
-
-
-def test_lightning_cli() -> None:
-    stop = callback_from_cli(
-        EarlyStopping,
-        ["--trainer.callbacks+=lightning_tricks.callbacks.EarlyStopping", "--trainer.callbacks.monitor=val/loss",
-         "--trainer.callbacks.restore_best_weights=true", "--trainer.callbacks.start_from_epoch=3",
-         "--trainer.logger=false"],
-    )  # fmt: skip
-    assert stop.monitor == "val/loss" and stop.restore_best_weights and stop.start_from_epoch == 3
-
-
-# ------------------------------------------------------------------------------------ reuse, sharding, with EMA
-
-
-def _fit_scripted(root: Path, callbacks: list[Any], metrics: list[float], epochs: int) -> ScriptedMetricModel:
-    model = ScriptedMetricModel(metrics)
-    _trainer(root, callbacks, max_epochs=epochs, enable_checkpointing=False).fit(model)
-    return model
+# ------------------------------------------------------------------------------------------------------- with EMA
 
 
 def _assert_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, expected[key].to(value.dtype), rtol=0, atol=0)
-
-
-def test_reused_instance_starts_afresh(tmp_path: Path) -> None:
-    """Second fit, new Trainer, same instance: no stop at once, no restore of the first fit's weights (fresh per fit:
-    the first fit's best score and weights are not kept)."""
-    stop = EarlyStopping("val_metric", patience=0, restore_best_weights=True)
-    first = _fit_scripted(tmp_path / "a", [stop], [1.0, 2.0, 3.0], epochs=3)  # stops at epoch 1, restores epoch 0
-    _assert_weights(first, first.validated[0])
-    second = _fit_scripted(tmp_path / "b", [stop], [3.0, 2.0, 1.0], epochs=3)  # improves every epoch
-    assert sorted(second.validated) == [0, 1, 2] and stop.best_epoch == 2 and stop.stopped_epoch == 0
-    _assert_weights(second, second.validated[2])
 
 
 @pytest.mark.parametrize("ema_first", [True, False], ids=["ema-first", "stop-first"])
@@ -235,18 +184,3 @@ def test_with_ema_in_any_order(tmp_path: Path, ema_first: bool) -> None:
     trainer.test(model, verbose=False)
     assert {kind for kind, _ in model.evaluated} == {"validate", "test"}
     assert {digest for _, digest in model.evaluated} == {tensors_digest(model.validated[1].values())}
-
-
-def test_refuses_sharded_strategies_with_restore() -> None:
-    trainer = SimpleNamespace(strategy=type("DeepSpeedStrategy", (), {})())
-    with pytest.raises(MisconfigurationException, match="EarlyStopping does not support the DeepSpeedStrategy"):
-        EarlyStopping("val_metric", restore_best_weights=True).setup(trainer, BoringModel(), "fit")  # type: ignore
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_every_precision(tmp_path: Path, precision: str) -> None:
-    stop = EarlyStopping("val_metric", patience=5, restore_best_weights=True)
-    model = ScriptedMetricModel([2.0, 1.0, 3.0])
-    _trainer(tmp_path, [stop], max_epochs=3, enable_checkpointing=False, **precision_options(precision)).fit(model)
-    assert stop.best_epoch == 1
-    _assert_weights(model, model.validated[1])  # bitwise, in the module's own dtype

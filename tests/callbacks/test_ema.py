@@ -4,28 +4,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
-    SkippingBoringModel,
-    StepRecorder,
-    TinyGAN,
-    callback_from_cli,
-    csv_fit,
-    fixed_loader,
-    gan_resume_runs,
-    metrics_rows,
-    precision_options,
-    read_rank_texts,
-    tensors_digest,
-    tiny_trainer,
-    write_rank_text,
-)
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from helpers.data import fixed_loader, metrics_rows
+from helpers.models import SkippingBoringModel, StepRecorder, TinyGAN, ema_of
+from helpers.ranks import read_rank_texts, tensors_digest, write_rank_text
+from helpers.trainers import csv_fit, gan_resume_runs, tiny_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -227,50 +213,20 @@ def test_ema_logs_decay(tmp_path: Path) -> None:
     assert [float(row["ema/decay"]) for row in rows] == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"decay": 1.5}, "`decay`.*\\[0, 1\\].*1.5"),
-        ({"update_every_n_steps": 0}, "`update_every_n_steps`.*>= 1.*0"),
-        ({"update_starting_at_step": -1}, "`update_starting_at_step`.*-1"),
-    ],
-)
-def test_ema_invalid_options(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        EMA(**kwargs)
-
-
-def test_ema_lightning_cli() -> None:
-    ema = callback_from_cli(
-        EMA,
-        ["--trainer.callbacks+=lightning_tricks.callbacks.EMA", "--trainer.callbacks.decay=0.95",
-         "--trainer.callbacks.warmup=true", "--trainer.logger=false"],
-    )  # fmt: skip
-    assert ema.decay == 0.95 and ema.warmup is True
-
-
-# ------------------------------------------------------------- the step rule: per-optimizer steps; precision; reuse
-
-
-def _ema_of(snapshots: list[list[torch.Tensor]], decay: float) -> list[torch.Tensor]:
-    """The EMA (first update copies) of a sequence of parameter lists, in float64."""
-    average = [t.double() for t in snapshots[0]]
-    for weights in snapshots[1:]:
-        average = [decay * a + (1 - decay) * w.double() for a, w in zip(average, weights, strict=True)]
-    return average
+# ----------------------------------------------------------------------------- the step rule: per-optimizer steps
 
 
 @pytest.mark.parametrize("every", [1, 2])
 def test_gan_each_optimizer_is_averaged_after_its_own_steps(tmp_path: Path, every: int) -> None:
     """Generator and discriminator step once per batch each: each one's weights are averaged after its own steps
-    0, n, 2n, ... (with n=2, a global step shared by both optimizers would be odd at every update and never match)."""
+    0, n, 2n, ... (a check on the shared global step would never update with n=2: it is always odd there)."""
     recorder, model, ema = StepRecorder(), TinyGAN(), EMA(decay=0.5, update_every_n_steps=every)
     _, rows = csv_fit(tmp_path, [ema, recorder], model)
     assert [o.updates for o in ema._opts] == [8 // every, 8 // every]
-    # a constant decay is TensorBoard text, not a flat chart per optimizer (each quantity logged once)
+    # a constant decay is TensorBoard text, not a flat chart per optimizer (one key per quantity)
     assert not [k for r in rows for k, v in r.items() if k.startswith("ema/decay") and v], rows[0].keys()
     for i, module in enumerate((model.generator, model.discriminator)):
-        expected = _ema_of(recorder.steps[i][::every], 0.5)
+        expected = ema_of(recorder.steps[i][::every], 0.5)
         for param, value in zip(module.parameters(), expected, strict=True):
             torch.testing.assert_close(param.double(), value)
 
@@ -279,37 +235,7 @@ def test_skipped_batches_are_not_steps(tmp_path: Path) -> None:
     recorder, model, ema = StepRecorder(), SkippingBoringModel(skip_batches=[0, 3]), EMA(decay=0.5)
     csv_fit(tmp_path, [ema, recorder], model)
     assert [o.updates for o in ema._opts] == [6] and len(recorder.steps[0]) == 6
-    torch.testing.assert_close(model.layer.weight.double(), _ema_of(recorder.steps[0], 0.5)[0])
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_every_precision(tmp_path: Path, precision: str) -> None:
-    """The average is kept in float32 (float64 under 64-true) and equals the EMA of the weights each step left, also
-    when the module is bf16 / fp16 (a bf16 average would round the updates away)."""
-    recorder, model, ema = StepRecorder(), SkippingBoringModel(), EMA(decay=0.5)
-    csv_fit(tmp_path, [ema, recorder], model, **precision_options(precision))
-    average = ema._average_model.module.layer.weight  # type: ignore[union-attr]
-    assert average.dtype == (torch.float64 if precision == "64-true" else torch.float32)
-    expected = _ema_of(recorder.steps[0], 0.5)[0]
-    torch.testing.assert_close(average.double(), expected)  # exact to the average's own precision
-    torch.testing.assert_close(model.layer.weight, expected.to(model.layer.weight.dtype))  # copied in at the end
-
-
-def test_reused_instance_averages_the_second_fit(tmp_path: Path) -> None:
-    """Fresh per fit: the second fit averages its own steps (a step count kept from the first fit would stay above
-    the new fit's steps, so nothing would update and the end-of-training copy would put back its starting weights)."""
-    ema = EMA(decay=0.5)
-    csv_fit(tmp_path / "a", ema, SkippingBoringModel())
-    recorder, model = StepRecorder(), SkippingBoringModel(lr=0.05)
-    csv_fit(tmp_path / "b", [ema, recorder], model)
-    assert [o.updates for o in ema._opts] == [8]
-    torch.testing.assert_close(model.layer.weight.double(), _ema_of(recorder.steps[0], 0.5)[0])
-
-
-def test_refuses_sharded_strategies() -> None:
-    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
-    with pytest.raises(MisconfigurationException, match="EMA does not support the FSDPStrategy"):
-        EMA().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
+    torch.testing.assert_close(model.layer.weight.double(), ema_of(recorder.steps[0], 0.5)[0])
 
 
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:

@@ -1,5 +1,4 @@
-"""Shared per-step gradient statistics (the "shared gradient statistics" rule) and what a person sees of them
-(the "readable at any size" rule).
+"""Shared gradient statistics, computed once per step, and what a person sees of them (readable at any size).
 
 One ``_foreach_norm`` over the gradients per optimizer step, whatever combination of ``GradientHealth``,
 ``WeightNormMonitor`` and ``GradientClipping`` is on; the same results as each callback alone; the total gradient norm
@@ -16,8 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import TRAIN_ONLY_ON_CPU, SkippingBoringModel, TinyGAN, csv_fit, tiny_trainer
-from _tensorboard_server import tensorboard_server
+from helpers.models import SkippingBoringModel, TinyGAN
+from helpers.tensorboard_server import tensorboard_server
+from helpers.trainers import TRAIN_ONLY_ON_CPU, csv_fit, tiny_trainer
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-from _callback_helpers import tiny_trainer
+from helpers.trainers import tiny_trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_tricks import callbacks

@@ -9,7 +9,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from _callback_helpers import callback_from_cli, metrics_rows, read_rank_json, tiny_trainer, write_rank_json
+from helpers.data import metrics_rows
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import tiny_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
@@ -159,14 +161,6 @@ class _RankRecorder(InputRangeCheck):
         write_rank_json(trainer.default_root_dir, trainer.global_rank, {"stats": self.stats, "problem": problem})
 
 
-def test_reused_instance_checks_the_second_fit(tmp_path: Path) -> None:
-    check = InputRangeCheck(expected=(0.0, 1.0), check_batches=2, action="raise")
-    tiny_trainer(tmp_path, check, limit_train_batches=3).fit(PixelNet())
-    assert check.done and check.stats["max"] <= 1.0
-    with pytest.raises(ValueError, match="divide by 255"):  # a new Trainer, raw pixels: checked, not "done" already
-        tiny_trainer(tmp_path, check, limit_train_batches=3).fit(PixelNet(scale=255))
-
-
 def test_ddp_ranks_agree(tmp_path: Path) -> None:
     # DistributedSampler (no shuffle) gives rank 1 the odd samples: only rank 1 sees values up to 255.
     cb = _RankRecorder(expected=(0.0, 1.0), check_batches=2)
@@ -177,32 +171,3 @@ def test_ddp_ranks_agree(tmp_path: Path) -> None:
     ranks = read_rank_json(tmp_path)
     assert ranks[0] == ranks[1]  # the same global statistics, hence the same verdict, on every rank
     assert ranks[0]["stats"]["max"] > 200 and "outside the expected [0, 1]" in ranks[0]["problem"]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"expected": (1.0, -1.0)}, r"`expected`.*low < high.*\(1.0, -1.0\)"),
-        ({"check_batches": 0}, r"`check_batches`.*>= 1.*0"),
-        ({"action": "ignore"}, r"`action`.*'warn', 'raise'.*'ignore'"),
-        ({"tolerance": -0.1}, r"`tolerance`.*>= 0.*-0.1"),
-    ],
-)
-def test_invalid_options(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        InputRangeCheck(**kwargs)
-
-
-def test_lightning_cli(tmp_path: Path) -> None:
-    cb = callback_from_cli(
-        InputRangeCheck,
-        [
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=InputRangeCheck",
-            "--trainer.callbacks.expected=[0.0, 1.0]",
-            "--trainer.callbacks.action=raise",
-            "--trainer.callbacks.check_batches=3",
-            "--trainer.callbacks.batch_key=0",
-        ],
-    )
-    assert (cb.expected, cb.action, cb.check_batches, cb.batch_key) == ((0.0, 1.0), "raise", 3, 0)

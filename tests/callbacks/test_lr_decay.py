@@ -8,21 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
+from helpers.data import fixed_loader, metrics_rows
+from helpers.models import SkippingBoringModel, StepRecorder, TinyGAN
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import (
     TRAIN_ONLY_ON_CPU,
-    SkippingBoringModel,
-    StepRecorder,
-    TinyGAN,
-    callback_from_cli,
     csv_fit,
-    fixed_loader,
     gan_resume_runs,
-    metrics_rows,
-    precision_options,
-    read_rank_json,
     tiny_trainer,
-    write_rank_json,
 )
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
@@ -173,44 +166,12 @@ def test_total_cannot_be_inferred(tmp_path: Path) -> None:
         _trainer(tmp_path, LRDecay(mode="cosine"), max_epochs=-1, max_steps=3).fit(LRRecorder())
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"mode": "poly"}, r"`mode`.*\('exponential', 'step', 'cosine', 'linear'\).*'poly'"),
-        ({"interval": "batch"}, r"`interval`.*\('epoch', 'step'\).*'batch'"),
-        ({"gamma": 1.5}, r"`gamma`.*\(0, 1\].*1.5"),
-        ({"warmup": -1}, r"`warmup`.*-1"),
-        ({"min_lr": -0.1}, r"`min_lr`.*-0.1"),
-        ({"step_size": 0}, r"`step_size`.*0"),
-        ({"total": 0}, r"`total`.*0"),
-    ],
-)
-def test_invalid_options(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        LRDecay(**kwargs)
-
-
-def test_lightning_cli(tmp_path: Path) -> None:
-    decay = callback_from_cli(
-        LRDecay,
-        [
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=LRDecay",
-            "--trainer.callbacks.mode=cosine",
-            "--trainer.callbacks.interval=step",
-            "--trainer.callbacks.warmup=10",
-        ],
-    )
-    assert (decay.mode, decay.interval, decay.warmup) == ("cosine", "step", 10)
-    assert math.isclose(decay.gamma, 0.98)
-
-
-# ------------------------------------------------------------- the step rule: per-optimizer steps; precision; reuse
+# ----------------------------------------------------------------------------- the step rule: per-optimizer steps
 
 
 def test_gan_each_optimizer_follows_its_own_schedule(tmp_path: Path) -> None:
     """Two optimizers step once per batch each: the default length (estimated_stepping_batches = 8) is 8 steps of
-    EACH (global_step counts 2 per batch: a schedule on it would reach min_lr halfway)."""
+    EACH; counting global_step (2 per batch) would reach min_lr halfway."""
     recorder = StepRecorder()
     csv_fit(tmp_path, [LRDecay(mode="cosine", interval="step", min_lr=0.0), recorder], TinyGAN(lr=0.05))
     expected = [0.05 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
@@ -239,32 +200,9 @@ def test_skipped_batches_and_accumulation_are_not_steps(tmp_path: Path) -> None:
     assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.1 * 0.5**k for k in range(4)])
 
 
-def test_reused_instance_reads_the_new_optimizers(tmp_path: Path) -> None:
-    """A second fit with a new Trainer starts from the new optimizer's lr and step 0 (fresh per fit: not the first
-    fit's initial lrs and step counts)."""
-    decay = LRDecay(gamma=0.5, interval="step")
-    csv_fit(tmp_path / "first", decay, SkippingBoringModel(lr=0.1))
-    recorder = StepRecorder()
-    csv_fit(tmp_path / "second", [decay, recorder], SkippingBoringModel(lr=0.04))
-    assert [lrs[0] for lrs in recorder.lrs[0]] == pytest.approx([0.04 * 0.5**k for k in range(8)])
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_every_precision(tmp_path: Path, precision: str) -> None:
-    recorder = StepRecorder()
-    trainer, _ = csv_fit(
-        tmp_path, [LRDecay(gamma=0.5, interval="step"), recorder], SkippingBoringModel(), **precision_options(precision)
-    )
-    lrs = [lrs[0] for lrs in recorder.lrs[0]]
-    assert lrs == pytest.approx([0.1 * 0.5**k for k in range(len(lrs))])
-    # 16-mixed: the steps the GradScaler skips (its routine first overflow) do not advance the schedule
-    assert len(lrs) == 8 or (precision == "16-mixed" and 4 <= len(lrs) < 8)
-    assert trainer.global_step == 8
-
-
 def test_gan_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    """Each optimizer's step count is saved: the resumed run uses the same lrs (not a position derived from the
-    global step, which counts both optimizers)."""
+    """Each optimizer's step count is saved: the resumed run uses the same lrs (a position derived from the
+    global step would count both optimizers)."""
     (full, (_, full_rec)), (resumed, (_, resumed_rec)) = gan_resume_runs(
         tmp_path,
         lambda: [LRDecay(mode="linear", interval="step", total=8), StepRecorder()],  # (the 1-epoch run too)

@@ -25,7 +25,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from _callback_helpers import HOST_SYNC_METHODS, intercept_host_reads, tiny_trainer
+from helpers.host_sync import HOST_SYNC_METHODS, intercept_host_reads
+from helpers.trainers import tiny_trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from _callback_helpers import WITH_VALIDATION, ScriptedMetricModel, tiny_trainer
+from helpers.models import ScriptedMetricModel
+from helpers.trainers import WITH_VALIDATION, tiny_trainer
 from torch import nn
 
 from lightning_tricks.callbacks import EMA, EarlyStopping

@@ -9,22 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    DEVICES,
-    PRECISIONS,
-    TRAIN_ONLY_ON_CPU,
-    ScaledLossModel,
-    StepRecorder,
-    TinyGAN,
-    callback_from_cli,
-    csv_fit,
-    fixed_inputs,
-    metrics_rows,
-    no_host_sync,
-    precision_options,
-    tiny_trainer,
-)
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from helpers.data import fixed_inputs, metrics_rows
+from helpers.host_sync import DEVICES, no_host_sync
+from helpers.models import ScaledLossModel, StepRecorder, TinyGAN
+from helpers.trainers import TRAIN_ONLY_ON_CPU, csv_fit, precision_options, tiny_trainer
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -201,33 +189,7 @@ def test_bf16_mixed_l2_equals_sgd_weight_decay(tmp_path: Path) -> None:
     torch.testing.assert_close(ours.layer.weight, torchs.layer.weight, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"mode": "l1"}, r"`mode`.*\('l2', 'decoupled'\).*'l1'"),
-        ({"coefficient": -1e-4}, r"`coefficient`.*>= 0.*-0.0001"),
-    ],
-)
-def test_invalid_options(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        WeightDecay(**kwargs)
-
-
-def test_lightning_cli(tmp_path: Path) -> None:
-    decay = callback_from_cli(
-        WeightDecay,
-        [
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=WeightDecay",
-            "--trainer.callbacks.coefficient=0.05",
-            "--trainer.callbacks.mode=decoupled",
-            "--trainer.callbacks.exclude_bias_and_norm=false",
-        ],
-    )
-    assert (decay.coefficient, decay.mode, decay.exclude_bias_and_norm) == (0.05, "decoupled", False)
-
-
-# ------------------------------------------------------------ the step rule: several optimizers; precision; sharding
+# ------------------------------------------------------------------------ the step rule: several optimizers
 
 
 def test_gan_each_optimizer_decayed_at_its_own_steps_and_logged_once(tmp_path: Path) -> None:
@@ -238,19 +200,6 @@ def test_gan_each_optimizer_decayed_at_its_own_steps_and_logged_once(tmp_path: P
     _, rows = csv_fit(tmp_path, WeightDecay(0.5, mode="decoupled"), model)
     torch.testing.assert_close(model.discriminator.weight.detach(), start * 0.95**16)  # 2 critic steps per batch
     assert [int(r["step"]) for r in rows if r.get("weight_decay/penalty")] == list(range(8))  # once per batch
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("mode", ["l2", "decoupled"])
-def test_every_precision(tmp_path: Path, precision: str, mode: str) -> None:
-    """Zero loss gradients: SGD's step is ``w -= lr·λ·w`` (l2) and the decoupled shrink is ``w *= 1 - lr·λ``: both
-    leave ``w·0.95**k`` after k steps, in the module's own precision."""
-    model = ScaledLossModel(0.0, skip_batches=[3])
-    start = model.layer.weight.detach().clone().double()
-    csv_fit(tmp_path, WeightDecay(0.5, mode=mode), model, **precision_options(precision))
-    tolerance = {"bf16-true": 5e-2, "16-true": 1e-2}.get(precision, 1e-5)  # 7 roundings of a half-precision w
-    torch.testing.assert_close(model.layer.weight.double(), start * 0.95**7, rtol=tolerance, atol=1e-6)
-    torch.testing.assert_close(model.layer.bias.double(), model.layer.bias.double())
 
 
 class _BatchEnds(Callback):
@@ -274,9 +223,3 @@ def test_decoupled_skips_the_steps_a_grad_scaler_skips(tmp_path: Path) -> None:
     assert ends.seen[0][0] == 0 and skipped  # the scaler skipped batch 0 and at least one more
     for i in skipped:
         torch.testing.assert_close(ends.seen[i][1], ends.seen[i - 1][1], rtol=0, atol=0)
-
-
-def test_refuses_sharded_strategies() -> None:
-    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
-    with pytest.raises(MisconfigurationException, match="WeightDecay does not support the FSDPStrategy"):
-        WeightDecay().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]

@@ -10,30 +10,18 @@ from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    WITH_VALIDATION,
-    callback_from_cli,
-    fixed_inputs,
-    fixed_loader,
-    read_rank_texts,
-    tensors_digest,
-    tiny_trainer,
-    write_rank_text,
-)
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from helpers.data import fixed_inputs, fixed_loader
+from helpers.models import call_with_target
+from helpers.ranks import read_rank_texts, tensors_digest, write_rank_text
+from helpers.trainers import WITH_VALIDATION, tiny_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_tricks.callbacks import WeightInit, _base
+from lightning_tricks.callbacks import WeightInit
 from lightning_tricks.callbacks.weight_init import apply_scales_, lsuv_, target_layers
-
-
-def call_with_target(module: nn.Module, batch: Any) -> Any:
-    """An ``lsuv_forward_fn`` for ``forward(inputs, target)``, importable as ``test_weight_init.call_with_target``."""
-    return module(*batch)
 
 
 class Net(BoringModel):
@@ -257,7 +245,7 @@ def _lsuv_variance(tmp_path: Path, model: Any, init: WeightInit, **trainer_optio
     return probe.variance
 
 
-@pytest.mark.parametrize("forward_fn", [call_with_target, "test_weight_init.call_with_target"])
+@pytest.mark.parametrize("forward_fn", [call_with_target, "helpers.models.call_with_target"])
 def test_lsuv_forward_fn_callable_or_import_path(tmp_path: Path, forward_fn: Any) -> None:
     with pytest.raises(RuntimeError, match=r"WeightInit\(scheme='lsuv'\).*TypeError.*`lsuv_forward_fn`"):
         _trainer(tmp_path, WeightInit("lsuv", seed=0)).fit(TwoInputNet())  # default call: model(inputs) only
@@ -311,45 +299,3 @@ def test_frozen_layers_left_alone_unless_included(tmp_path: Path, caplog: pytest
         said = "left 1 frozen layers (requires_grad=False) alone: layer.0" in caplog.text
         assert said is not include_frozen
         caplog.clear()
-
-
-def test_lsuv_refused_under_sharded_strategies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # FSDP / DeepSpeed need a GPU; the refusal keys on the strategy's class name, so treat the CPU one as sharded.
-    monkeypatch.setattr(_base, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
-    with pytest.raises(
-        MisconfigurationException, match=r"WeightInit does not support the SingleDeviceStrategy.*orthogonal"
-    ):
-        _trainer(tmp_path, WeightInit("lsuv")).fit(Net())
-    _trainer(tmp_path, WeightInit("orthogonal"), max_steps=0).fit(Net())  # data-free schemes are fine
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"lsuv_forward_fn": "no_such_module.fn"}, "`lsuv_forward_fn`.*could not import 'no_such_module.fn'"),
-        ({"lsuv_forward_fn": 3}, "`lsuv_forward_fn`.*callable.*but got 3"),
-        ({"scheme": "he"}, "`scheme`.*xavier_uniform.*'he'"),
-        ({"nonlinearity": "gelu"}, "`nonlinearity`.*relu.*'gelu'"),
-        ({"fan_mode": "avg"}, "`fan_mode`.*fan_in.*'avg'"),
-        ({"lsuv_tolerance": 0.0}, "`lsuv_tolerance`.*> 0.*0.0"),
-        ({"lsuv_max_iters": 0}, "`lsuv_max_iters`.*>= 1.*0"),
-    ],
-)
-def test_invalid_options(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        WeightInit(**kwargs)
-
-
-def test_lightning_cli() -> None:
-    init = callback_from_cli(
-        WeightInit,
-        ["--trainer.callbacks+=lightning_tricks.callbacks.WeightInit", "--trainer.callbacks.scheme=lsuv",
-         "--trainer.callbacks.exclude=[head]", "--trainer.callbacks.seed=1", "--trainer.logger=false"],
-    )  # fmt: skip
-    assert init.scheme == "lsuv" and init.exclude == ["head"] and init.seed == 1
-    init = callback_from_cli(
-        WeightInit,
-        ["--trainer.callbacks+=lightning_tricks.callbacks.WeightInit", "--trainer.callbacks.scheme=lsuv",
-         "--trainer.callbacks.lsuv_forward_fn=test_weight_init.call_with_target", "--trainer.logger=false"],
-    )  # fmt: skip
-    assert init._forward_fn is call_with_target

@@ -6,27 +6,15 @@ import math
 import re
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from _callback_helpers import (
-    PRECISIONS,
-    TRAIN_ONLY_ON_CPU,
-    SkippingBoringModel,
-    TinyGAN,
-    callback_from_cli,
-    count_host_reads_in_hooks,
-    csv_fit,
-    fixed_loader,
-    metrics_rows,
-    precision_options,
-    read_rank_json,
-    tiny_trainer,
-    write_rank_json,
-)
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from helpers.data import fixed_loader, metrics_rows
+from helpers.host_sync import count_host_reads_in_hooks
+from helpers.models import SkippingBoringModel, TinyGAN
+from helpers.ranks import read_rank_json, write_rank_json
+from helpers.trainers import TRAIN_ONLY_ON_CPU, csv_fit, tiny_trainer
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -186,32 +174,6 @@ def test_bf16_mixed(tmp_path: Path) -> None:
     assert all(v == pytest.approx(model.grad_norms[s], rel=1e-5) for s, v in logged.items())
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"log_every_n_steps": 0}, "`log_every_n_steps`"),
-        ({"histogram_every_n_epochs": -1}, "`histogram_every_n_epochs`"),
-        ({"per_layer": "yes"}, "`per_layer`"),
-    ],
-)
-def test_invalid_options(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        WeightNormMonitor(**kwargs)
-
-
-def test_lightning_cli_builds_it(tmp_path: Path) -> None:
-    cb = callback_from_cli(
-        WeightNormMonitor,
-        [
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.callbacks+=WeightNormMonitor",
-            "--trainer.callbacks.per_layer=true",
-            "--trainer.callbacks.histogram_every_n_epochs=null",
-        ],
-    )
-    assert cb.per_layer is True and cb.histogram_every_n_epochs is None
-
-
 def test_syncs_only_on_logging_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Count host reads of tensors made inside the callback's hooks (a CPU stand-in for CUDA sync debug mode)."""
     cb = WeightNormMonitor(log_every_n_steps=4, histogram_every_n_epochs=None)
@@ -232,7 +194,7 @@ def test_histogram_stats_on_hand_computed_tensors() -> None:
     assert table[1].tolist() == [2.0, 2.0, 4.0, 8.0, 16.0, 4.0, 0.0, 0.0]
 
 
-# ------------------------------------------------------------ the step rule: several optimizers; precision; sharding
+# ------------------------------------------------------------------------ the step rule: several optimizers
 
 
 def _norm_of(row: dict[str, str], prefix: str) -> float:
@@ -241,7 +203,7 @@ def _norm_of(row: dict[str, str], prefix: str) -> float:
 
 def test_gan_total_covers_every_optimizer_once_per_batch(tmp_path: Path) -> None:
     """``grad_norm/total`` is the norm of the generator's AND the discriminator's gradients, logged once per batch
-    (not once per optimizer under one key, where only the last optimizer's would survive)."""
+    (logged once per optimizer under one key, only the last optimizer's would survive)."""
     _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), TinyGAN())
     rows = [r for r in rows if r.get("grad_norm/total")]
     assert len(rows) == 8
@@ -259,24 +221,6 @@ def test_skipped_batch_logs_nothing(tmp_path: Path) -> None:
     assert not any(k.endswith("/opt0") for k in rows[0])  # one optimizer: no per-optimizer keys
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_every_precision(tmp_path: Path, precision: str) -> None:
-    model = SkippingBoringModel()
-    before = model.layer.weight.detach().norm().item()
-    _, rows = csv_fit(tmp_path, WeightNormMonitor(histogram_every_n_epochs=None), model, **precision_options(precision))
-    rows = [r for r in rows if r.get(f"weight_norm/layer.weight{L}")]
-    assert len(rows) == 8
-    assert float(rows[0][f"weight_norm/layer.weight{L}"]) == pytest.approx(before, rel=1e-2)  # bf16 / fp16 rounding
-    finite = [math.isfinite(float(r["grad_norm/total"])) for r in rows]
-    assert all(finite) or (precision == "16-mixed" and any(finite))  # 16-mixed: the scaler's routine overflow
-
-
-def test_refuses_sharded_strategies() -> None:
-    trainer = SimpleNamespace(strategy=type("FSDPStrategy", (), {})())
-    with pytest.raises(MisconfigurationException, match="WeightNormMonitor does not support the FSDPStrategy"):
-        WeightNormMonitor().setup(trainer, BoringModel(), "fit")  # type: ignore[arg-type]
-
-
 def _histogram_tags(log_dir: str) -> set[str]:
     acc = EventAccumulator(log_dir, size_guidance={"histograms": 0})
     acc.Reload()
@@ -284,8 +228,8 @@ def _histogram_tags(log_dir: str) -> set[str]:
 
 
 def test_gan_histograms_for_every_optimizer_and_reused_instance(tmp_path: Path) -> None:
-    """Histograms of both optimizers' parameters (not only the first stepping optimizer's), and again in a second fit
-    with the same instance (fresh per fit: epoch 0 is not remembered as done)."""
+    """Histograms of both optimizers' parameters (not only the first stepping optimizer's), and again
+    in a second fit with the same instance (fresh per fit: epoch 0 is not remembered as done)."""
     monitor = WeightNormMonitor(log_every_n_steps=50)
     for run in ("a", "b"):
         logger = TensorBoardLogger(tmp_path, name=run)

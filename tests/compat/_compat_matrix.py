@@ -8,7 +8,6 @@ lists the setting in ``refused``: then the fit must raise that message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -19,8 +18,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: `helpers` lives in tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
-from _compat_modules import (
+from helpers.ranks import tensors_digest
+from helpers.third_party import (
     GAN,
     Boring,
     BoringBatchNorm,
@@ -495,10 +498,6 @@ def run_cell(case_name: str, setting_name: str, root: Path) -> Run | None:
 # ------------------------------------------------------------------------------------------------------------- DDP
 
 
-def _digest(tensors: Mapping[str, Tensor]) -> str:
-    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in tensors.values())).hexdigest()
-
-
 class RankRecord(Callback):
     """Last in the list under ``ddp_spawn``: writes what each rank ended with to ``<folder>/rank<r>.json``."""
 
@@ -510,9 +509,9 @@ class RankRecord(Callback):
         stopper = next(cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping))  # type: ignore[attr-defined]
         buffers = dict(pl_module.named_buffers())
         record = {
-            "start": _digest(probe.start),
-            "params": _digest(dict(pl_module.named_parameters())),
-            "best_buffers": _digest({k: stopper.best_weights[k] for k in buffers}) if stopper.best_weights else None,
+            "start": tensors_digest(probe.start.values()),
+            "params": tensors_digest(pl_module.parameters()),
+            "best_buffers": tensors_digest(stopper.best_weights[k] for k in buffers) if stopper.best_weights else None,
             "steps": probe.steps,
             "input_stats": next(cb for cb in trainer.callbacks if isinstance(cb, InputRangeCheck)).stats,  # type: ignore[attr-defined]
             "logged": sorted(trainer.logger.logged) if trainer.is_global_zero else [],  # type: ignore[union-attr]

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import torch
 from _compat_matrix import (
-    CASES,
     SETTINGS,
     TABLE_PAGE,
     cells,
@@ -18,12 +17,11 @@ from _compat_matrix import (
     run_ddp_stack,
     run_stack,
 )
-from _compat_modules import Validated
+from helpers.third_party import Validated
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from lightning_tricks.callbacks import EMA, EarlyStopping, WeightInit, _base
+from lightning_tricks.callbacks import EMA, EarlyStopping, WeightInit
 
 
 @pytest.mark.parametrize(("case", "setting"), [pytest.param(c, s, id=f"{c}-{s}") for c, s in cells()])
@@ -39,19 +37,6 @@ def test_compatibility_page_is_current() -> None:
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_stack(setting: str, tmp_path: Path) -> None:
     run_stack(setting, tmp_path)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_sharded_strategies(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # FSDP and DeepSpeed need a GPU. The refusals key on the strategy's class name (`_base.SHARDED_STRATEGIES`),
-    # so the CPU strategy is declared sharded here: a refusing callback must raise at setup, the others must run.
-    monkeypatch.setattr(_base, "SHARDED_STRATEGIES", ("SingleDeviceStrategy",))
-    callback = CASES[case].make(SETTINGS["accumulate"])
-    if CASES[case].sharded == "supported":
-        fit("accumulate", [callback], tmp_path, **CASES[case].trainer)
-    else:
-        with pytest.raises(MisconfigurationException, match=f"^{case} does not support the SingleDeviceStrategy"):
-            fit("accumulate", [callback], tmp_path, **CASES[case].trainer)
 
 
 @pytest.fixture(scope="module")

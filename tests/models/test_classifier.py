@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from _model_helpers import quiet_trainer
+from helpers.trainers import ON_CPU, tiny_trainer
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
@@ -16,6 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks.models import Classifier, MLPClassifier
 from lightning_tricks.models.classifier import CLASS_PATH_KEY, HPARAMS_METRICS
+
+_trainer = partial(tiny_trainer, **ON_CPU)  # quiet, CPU, no checkpoints, Lightning's default length
 
 
 def tiny_mlp(**kwargs) -> MLPClassifier:
@@ -77,7 +80,7 @@ def test_invalid_options_raise(kwargs: dict, match: str) -> None:
 
 def test_batch_with_wrong_channel_count_gives_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\].*in_channels=1.*\(8, 3, 4, 4\)"):
-        quiet_trainer(tmp_path, fast_dev_run=1).fit(tiny_mlp(), loader(channels=3))
+        _trainer(tmp_path, fast_dev_run=1).fit(tiny_mlp(), loader(channels=3))
 
 
 def test_labels_out_of_range_and_wrong_dtype_give_clear_errors() -> None:
@@ -102,7 +105,7 @@ class LRRecorder(Callback):
 def test_onecycle_schedule_steps_every_batch(tmp_path: Path) -> None:
     recorder = LRRecorder()
     model = tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule="onecycle")
-    quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[recorder]).fit(model, loader())
+    _trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[recorder]).fit(model, loader())
     scheduler = model.lr_schedulers()
     assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
     assert scheduler.total_steps == 8  # trainer.estimated_stepping_batches
@@ -124,7 +127,7 @@ def trainer_optimizer_momentum(model: Classifier) -> float:
 def test_cosine_schedule_anneals_to_zero_per_step(tmp_path: Path) -> None:
     recorder = LRRecorder()
     model = tiny_mlp(optimizer="adam", lr=0.01, lr_schedule="cosine")
-    quiet_trainer(tmp_path, max_steps=6, callbacks=[recorder]).fit(model, loader())
+    _trainer(tmp_path, max_steps=6, callbacks=[recorder]).fit(model, loader())
     expected = [0.005 * (1 + math.cos(math.pi * step / 6)) for step in range(6)]
     assert recorder.lrs == pytest.approx(expected)
 
@@ -133,14 +136,14 @@ def test_cosine_schedule_anneals_to_zero_per_step(tmp_path: Path) -> None:
 def test_resuming_a_schedule_with_a_longer_run_is_refused_with_the_reason(tmp_path: Path, schedule: str) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    first = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, enable_checkpointing=True,
+    first = _trainer(tmp_path, max_epochs=1, limit_train_batches=4, enable_checkpointing=True,
                     callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
     first.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader())
     last = str(tmp_path / "last.ckpt")
 
-    same = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4)
+    same = _trainer(tmp_path, max_epochs=1, limit_train_batches=4)
     same.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader(), ckpt_path=last)  # nothing left
-    longer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=4)
+    longer = _trainer(tmp_path, max_epochs=2, limit_train_batches=4)
     with pytest.raises(ValueError, match=rf"{schedule} schedule spans 4 optimizer steps, but this run will take 8"):
         longer.fit(tiny_mlp(optimizer="momentum", lr=0.1, lr_schedule=schedule), loader(), ckpt_path=last)
     assert (tmp_path / "last.ckpt").exists(), "the refused run leaves the checkpoint it was given"
@@ -149,7 +152,7 @@ def test_resuming_a_schedule_with_a_longer_run_is_refused_with_the_reason(tmp_pa
 def test_schedule_needs_finite_steps(tmp_path: Path) -> None:
     model = tiny_mlp(lr_schedule="onecycle")
     with pytest.raises(ValueError, match="finite number of training steps"):
-        quiet_trainer(tmp_path, max_epochs=-1).fit(model, loader())
+        _trainer(tmp_path, max_epochs=-1).fit(model, loader())
 
 
 def test_label_smoothing_only_on_training_loss() -> None:
@@ -166,7 +169,7 @@ def test_label_smoothing_only_on_training_loss() -> None:
 def test_logged_keys_and_metrics_match_a_hand_computation(tmp_path: Path) -> None:
     model = tiny_mlp()
     val = loader(n=24, seed=1)
-    fit_trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2)
+    fit_trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2)
     fit_trainer.fit(model, loader(), val)
     keys = set(fit_trainer.callback_metrics)
     assert {"train/loss_step", "train/loss_epoch", "train/acc_step", "train/acc_epoch", "val/loss", "val/acc"} <= keys
@@ -183,7 +186,7 @@ def test_logged_keys_and_metrics_match_a_hand_computation(tmp_path: Path) -> Non
 def test_hparams_saved_in_checkpoint_with_class_path(tmp_path: Path) -> None:
     model = tiny_mlp(optimizer="nesterov", lr=0.02, label_smoothing=0.1)
     assert model.hparams.optimizer == "nesterov" and model.hparams.hidden_sizes == [8]
-    fit_trainer = quiet_trainer(tmp_path, max_steps=1)
+    fit_trainer = _trainer(tmp_path, max_steps=1)
     fit_trainer.fit(model, loader())
     path = tmp_path / "model.ckpt"
     fit_trainer.save_checkpoint(path)
@@ -201,7 +204,7 @@ def test_tensorboard_hparams_tab_lists_val_and_test_metrics(tmp_path: Path, defa
     from tensorboard.plugins.hparams import metadata
 
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=default_hp_metric)
-    fit_trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, logger=logger)
+    fit_trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, logger=logger)
     model = tiny_mlp(optimizer="rmsprop")
     fit_trainer.fit(model, loader(), loader(n=16))
     fit_trainer.test(model, loader(n=16), verbose=False)
@@ -260,7 +263,7 @@ def test_ddp_training_and_validation_metrics_are_reduced_over_ranks(tmp_path: Pa
     # right, loss -log 0.7), rank 1 only class-1 labels (all wrong, loss -log(0.3/9)). Only reduced values give 0.5.
     y = torch.tensor([0, 1] * 8)
     data = DataLoader(TensorDataset(torch.zeros(16, 1, 4, 4), y), batch_size=4)
-    ddp_trainer = quiet_trainer(tmp_path, devices=2, strategy="ddp_spawn", max_epochs=1, log_every_n_steps=1)
+    ddp_trainer = _trainer(tmp_path, devices=2, strategy="ddp_spawn", max_epochs=1, log_every_n_steps=1)
     ddp_trainer.fit(_ConstantClassifier(), data, data)
     metrics = ddp_trainer.callback_metrics
     mean_loss = (-math.log(0.7) - math.log(0.3 / 9)) / 2
@@ -301,7 +304,7 @@ def test_training_epoch_values_are_exact_means_over_all_batches_and_step_values_
     # 7 batches of 8, 8, ..., 4 (a short last one), logged every 3 steps: the step values reach Lightning only on
     # steps 3 and 6 (and the first), the epoch values must still weigh every batch by its size.
     record = _RecordBatches()
-    trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=3, callbacks=[record])
+    trainer = _trainer(tmp_path, max_epochs=1, log_every_n_steps=3, callbacks=[record])
     trainer.fit(tiny_mlp(lr=0.05), loader(n=52, batch_size=8))
     sizes = torch.tensor(record.sizes, dtype=torch.float64)
     assert sizes.tolist() == [8.0] * 6 + [4.0]
@@ -323,7 +326,7 @@ def test_ema_on_a_classifier_gives_no_configure_model_warning(tmp_path: Path) ->
     from lightning_tricks.callbacks import EMA
 
     data = DataLoader(TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))), batch_size=8)
-    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[EMA(decay=0.5)])
+    trainer = _trainer(tmp_path, max_steps=2, callbacks=[EMA(decay=0.5)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(MLPClassifier(hidden_sizes=[8]), data)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from _model_helpers import quiet_trainer
+from helpers.trainers import ON_CPU, tiny_trainer
 from lightning.pytorch import seed_everything
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks.models import Classifier, EnsembleClassifier, InceptionClassifier, MLPClassifier
 from lightning_tricks.models.ensemble import average_probabilities
+
+_trainer = partial(tiny_trainer, **ON_CPU)  # quiet, CPU, no checkpoints, Lightning's default length
 
 
 class FixedLogits(nn.Module):
@@ -47,7 +50,7 @@ def test_evaluates_nll_and_accuracy_of_the_averaged_probabilities(tmp_path: Path
     )
     y = torch.tensor([0, 0, 2, 1])
     data = DataLoader(TensorDataset(torch.zeros(4, 1, 2, 2), y), batch_size=2)
-    trainer = quiet_trainer(tmp_path)
+    trainer = _trainer(tmp_path)
     results = trainer.test(ensemble, data, verbose=False)[0]
     assert results["test/acc"] == pytest.approx(0.5)
     assert results["test/loss"] == pytest.approx(-(2 * math.log(0.425) + math.log(0.3) + math.log(0.275)) / 4)
@@ -61,7 +64,7 @@ def test_refuses_fit(tmp_path: Path) -> None:
     assert not any(p.requires_grad for p in ensemble.parameters())
     data = DataLoader(TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)), batch_size=2)
     with pytest.raises(RuntimeError, match=r"no trainable parameters.*cannot be fitted"):
-        quiet_trainer(tmp_path, max_steps=1).fit(ensemble, data)
+        _trainer(tmp_path, max_steps=1).fit(ensemble, data)
 
 
 def test_invalid_members_raise(tmp_path: Path) -> None:
@@ -80,7 +83,7 @@ def test_invalid_members_raise(tmp_path: Path) -> None:
 def train_member(model: Classifier, train: TensorDataset, val: TensorDataset, path: Path, seed: int) -> float:
     """Train ``model`` for one epoch, save a checkpoint at ``path`` and return its validation accuracy."""
     seed_everything(seed)
-    trainer = quiet_trainer(path.parent, max_epochs=1)
+    trainer = _trainer(path.parent, max_epochs=1)
     trainer.fit(model, DataLoader(train, batch_size=64, shuffle=True))
     trainer.save_checkpoint(path)
     return trainer.validate(model, DataLoader(val, batch_size=500), verbose=False)[0]["val/acc"]
@@ -97,7 +100,7 @@ def test_ensemble_of_trained_checkpoints_is_at_least_as_good_as_the_worse_member
     ]
     ensemble = EnsembleClassifier(checkpoints=[str(p) for p in paths])
     assert [m.hparams.hidden_sizes for m in ensemble.members] == [[64], [32]]
-    trainer = quiet_trainer(tmp_path)
+    trainer = _trainer(tmp_path)
     data = DataLoader(val, batch_size=500)
     accuracy = trainer.test(ensemble, data, verbose=False)[0]["test/acc"]
     assert min(accuracies) > 0.5  # both members learned something (chance is 0.1)
@@ -113,7 +116,7 @@ def test_ensemble_of_trained_checkpoints_is_at_least_as_good_as_the_worse_member
 def test_loads_the_right_class_from_each_checkpoint(tmp_path: Path) -> None:
     data = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=8)
     inception = InceptionClassifier(stages=[1], width=2, stem_channels=4)
-    trainer = quiet_trainer(tmp_path, max_steps=1)
+    trainer = _trainer(tmp_path, max_steps=1)
     trainer.fit(inception, data)
     trainer.save_checkpoint(tmp_path / "inception.ckpt")
     checkpoint = str(tmp_path / "inception.ckpt")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from _model_helpers import quiet_trainer
+from helpers.trainers import ON_CPU, tiny_trainer
 from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from torch import nn
@@ -16,6 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks.models import MLPClassifier
 from lightning_tricks.models.mlp import ActivationName, MLPNormName
+
+_trainer = partial(tiny_trainer, **ON_CPU)  # quiet, CPU, no checkpoints, Lightning's default length
 
 
 def forward_backward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,7 @@ def test_learns_fashion_mnist_subset(tmp_path: Path, fashion_subset: tuple[Tenso
     train, val = fashion_subset
     seed_everything(0)
     model = MLPClassifier(hidden_sizes=[128], optimizer="adam", lr=2e-3)
-    trainer = quiet_trainer(tmp_path, max_epochs=3)
+    trainer = _trainer(tmp_path, max_epochs=3)
     trainer.fit(model, DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=500))
     # 2000 images, 3 epochs (~95 Adam steps): such an MLP reaches about 0.78-0.80 on held-out Fashion-MNIST; chance
     # is 0.10 and a classifier stuck on one class scores 0.10. The 0.65 floor leaves room for seeds and BLAS

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from _model_helpers import quiet_trainer
+from helpers.trainers import ON_CPU, tiny_trainer
 from lightning.pytorch.cli import LightningCLI
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models.resnet import BasicBlock
 
 from lightning_tricks.models import ResNetClassifier
+
+_trainer = partial(tiny_trainer, **ON_CPU)  # quiet, CPU, no checkpoints, Lightning's default length
 
 
 def test_default_is_the_resnet18_layout() -> None:
@@ -90,12 +93,12 @@ def test_lightning_cli_sees_every_option(tmp_path: Path, monkeypatch: pytest.Mon
 def test_channels_last_is_left_off_on_the_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """channels_last=True trains on the CPU in the default format: torch 2.14's oneDNN hangs (2 threads) or dies
     with SIGBUS (1 thread) in the backward of a channels-last 1x1 stride-2 conv with < 8 input channels on AVX2
-    (oneDNN #6035); width=4 has exactly such a downsampling conv, so this test hung before the fix."""
+    (oneDNN #6035); width=4 has exactly such a downsampling conv, so the test would hang if it ran channels-last."""
     x = torch.randn(16, 1, 28, 28)
     y = torch.randint(0, 10, (16,))
     model = ResNetClassifier(stages=[1, 1], width=4, channels_last=True, optimizer="momentum", lr=0.05)
     before = model.net[0].weight.detach().clone()
-    trainer = quiet_trainer(tmp_path, max_steps=2)
+    trainer = _trainer(tmp_path, max_steps=2)
     with caplog.at_level(logging.INFO):
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
     assert "channels_last=True): left off on 'cpu'" in caplog.text

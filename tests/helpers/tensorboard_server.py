@@ -3,8 +3,7 @@
 ``with tensorboard_server(logdir) as server:`` starts it on a free port and stops it at the end;
 ``server.get(path)`` / ``server.post(path, body)`` return the decoded JSON of its HTTP data API, and
 ``server.wait_for(path, ready)`` polls until the data is loaded (bounded; the server reads event files in the
-background). Imported as ``from _tensorboard_server import ...`` (``tests/`` is on ``sys.path`` through pytest's
-default ``prepend`` import mode, as for ``_options``).
+background).
 """
 
 from __future__ import annotations

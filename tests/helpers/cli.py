@@ -1,7 +1,7 @@
-"""Test-only callbacks for the hardening tests, added to ``lightning-tricks`` runs by class path.
+"""Running ``lightning-tricks`` in a subprocess, and test-only callbacks added to those runs by class path.
 
-The subprocess runs get ``tests/`` on ``PYTHONPATH``, so ``--trainer.callbacks+=_hardening_helpers.KillAtStep``
-resolves. Nothing here is part of the package.
+The subprocess runs get ``tests/`` on ``PYTHONPATH`` (:func:`cli_env`), so
+``--trainer.callbacks+=helpers.cli.KillAtStep`` resolves. Nothing here is part of the package.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class RecordTrainImages(Callback):
 
 
 # ----------------------------------------------------------------------------------------------- running the CLI
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 
 
